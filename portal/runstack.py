@@ -1,0 +1,75 @@
+"""Run the whole QXaaS stack in the foreground: web, Celery worker, Celery beat (and the QKD network twin).
+
+``make run`` calls this after migrating. Ctrl-C (or SIGTERM) stops every process cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT_S = 15
+
+
+def commands(port: int) -> dict[str, list[str]]:
+    py = sys.executable
+    var = os.environ.get("QXAAS_VAR_DIR", str(BASE_DIR / "var"))
+    procs = {
+        "web": [py, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10"],
+        "worker": [py, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+        "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
+                 "--schedule", f"{var}/celerybeat-schedule"],
+    }
+    if find_spec("services.sdqkd.twin.__main__") is not None and not os.environ.get("QKD_BACKEND_URLS"):
+        procs["twin"] = [py, "-m", "services.sdqkd.twin", "--state-dir", f"{var}/twin"]
+    return procs
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT", "8000"))
+    children: dict[str, subprocess.Popen] = {}
+    stopping = False
+
+    def stop(*_args) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name, cmd in commands(port).items():
+        children[name] = subprocess.Popen(cmd, cwd=BASE_DIR)  # noqa: S603 - our own fixed commands
+        print(f"[runstack] started {name} (pid {children[name].pid})", flush=True)
+    print(f"[runstack] QXaaS is up: http://127.0.0.1:{port}/  (API docs: http://127.0.0.1:{port}/api/docs/)"
+          "  — Ctrl-C stops everything", flush=True)
+    exit_code = 0
+    while not stopping:
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"[runstack] {name} exited with {child.returncode}; stopping the stack", flush=True)
+                exit_code, stopping = 1, True
+                break
+        time.sleep(0.5)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for name, child in children.items():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"[runstack] {name} did not stop in time; killing it", flush=True)
+            child.kill()
+            child.wait()
+    print("[runstack] stopped", flush=True)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+router = SimpleRouter(trailing_slash="/?")
+router.register("tenants", views.TenantViewSet, basename="tenant")
+router.register("plans", views.PlanViewSet, basename="plan")
+router.register("members", views.MembershipViewSet, basename="member")
+router.register("tokens", views.ApiTokenViewSet, basename="token")
+router.register("usage", views.UsageRecordViewSet, basename="usage")
+
+urlpatterns = [
+    path("me/", views.MeView.as_view(), name="me"),
+    path("quotas/", views.QuotaView.as_view(), name="quotas"),
+    *router.urls,
+]

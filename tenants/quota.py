@@ -1,0 +1,219 @@
+"""The quota service: one entry point to check and record usage atomically.
+
+``consume`` decides and records in one database transaction: a conditional ``UPDATE`` on the window's
+counter (``used + amount <= limit``) takes the row lock on PostgreSQL and is serialised by the IMMEDIATE
+write transaction on SQLite, so concurrent requests can never overshoot a quota; the usage-ledger row is
+written in the same transaction, so ledger == counters by construction. The same idempotency key twice
+records once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from portal.errors import BadRequest, Conflict, Forbidden, QuotaExceeded
+
+from .meters import METERS, UNLIMITED, Meter, Window, quota_key, split_quota_key, window_bounds
+from .models import QuotaCounter, Tenant, TenantQuotaOverride, UsageRecord
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    quota_key: str
+    meter: str
+    window: Window
+    unit: str
+    limit: int
+    used: int
+    reset_at: datetime | None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.limit == UNLIMITED
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.unlimited else max(self.limit - self.used, 0)
+
+    def seconds_to_reset(self, now: datetime | None = None) -> int | None:
+        if self.reset_at is None:
+            return None
+        return max(0, math.ceil((self.reset_at - (now or timezone.now())).total_seconds()))
+
+
+def _meter(name: str) -> Meter:
+    try:
+        return METERS[name]
+    except KeyError:
+        raise BadRequest(f"unknown meter {name!r}", details={"meters": sorted(METERS)}) from None
+
+
+def _check_amount(amount: int) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise BadRequest("amount must be a positive integer")
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > 200:
+        raise BadRequest("an idempotency key of 1 to 200 characters is required")
+
+
+def effective_limits(tenant: Tenant) -> dict[str, int]:
+    """The plan's limits with the tenant's overrides applied."""
+    limits = tenant.plan.limits()
+    for override in TenantQuotaOverride.objects.for_tenant(tenant):
+        limits[override.quota_key] = override.limit
+    return limits
+
+
+def quota_states(tenant: Tenant, at: datetime | None = None, meters: list[str] | None = None) -> list[QuotaState]:
+    """Limit, use and reset time of every quota key (or those of the given meters) right now."""
+    at = at or timezone.now()
+    limits = effective_limits(tenant)
+    counters = {
+        (c.quota_key, c.window_start): c.used
+        for c in QuotaCounter.objects.for_tenant(tenant).filter(quota_key__in=list(limits))
+    }
+    states = []
+    for key, limit in limits.items():
+        meter_name, window = split_quota_key(key)
+        if meters is not None and meter_name not in meters:
+            continue
+        start, end = window_bounds(window, at)
+        states.append(
+            QuotaState(key, meter_name, window, METERS[meter_name].unit, limit, counters.get((key, start), 0), end)
+        )
+    return states
+
+
+def ratelimit_headers(states: list[QuotaState], now: datetime | None = None) -> dict[str, str]:
+    """IETF draft ``RateLimit-Policy`` / ``RateLimit`` headers plus ``X-RateLimit-*`` for the tightest quota."""
+    limited = [s for s in states if not s.unlimited]
+    if not limited:
+        return {}
+    policies, current = [], []
+    for s in limited:
+        window = f";w={s.seconds_to_reset(now) if s.window != Window.CONCURRENT else 0}"
+        policies.append(f'"{s.quota_key}";q={s.limit}' + (window if s.window != Window.CONCURRENT else ""))
+        reset = s.seconds_to_reset(now)
+        current.append(f'"{s.quota_key}";r={s.remaining}' + (f";t={reset}" if reset is not None else ""))
+    tightest = min(limited, key=lambda s: s.remaining or 0)
+    headers = {
+        "RateLimit-Policy": ", ".join(policies),
+        "RateLimit": ", ".join(current),
+        "X-RateLimit-Limit": str(tightest.limit),
+        "X-RateLimit-Remaining": str(tightest.remaining),
+    }
+    if tightest.reset_at is not None:
+        headers["X-RateLimit-Reset"] = str(int(tightest.reset_at.timestamp()))
+    return headers
+
+
+def _replayed(tenant: Tenant, meter: str, amount: int, key: str, kind: str) -> UsageRecord | None:
+    existing = UsageRecord.objects.for_tenant(tenant).filter(idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.meter != meter or abs(existing.quantity) != amount or existing.kind != kind:
+        raise Conflict(
+            "this idempotency key was already used for a different usage",
+            details={"idempotency_key": key},
+        )
+    return existing
+
+
+def _counter(tenant: Tenant, key: str, window_start: datetime) -> QuotaCounter:
+    counter, _ = QuotaCounter.objects.for_tenant(tenant).get_or_create(
+        tenant=tenant, quota_key=key, window_start=window_start
+    )
+    return counter
+
+
+def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, reference: str = "") -> UsageRecord:
+    """Check every quota of ``meter`` and record ``amount`` in the ledger, all or nothing.
+
+    Raises ``QuotaExceeded`` (nothing recorded) when any window would go over its limit. Calling again with
+    the same ``idempotency_key`` returns the first record and consumes nothing more.
+    """
+    spec = _meter(meter)
+    _check_amount(amount)
+    _check_idempotency_key(idempotency_key)
+    if not tenant.is_active:
+        raise Forbidden(f"tenant {tenant.slug!r} is suspended")
+    try:
+        with transaction.atomic():
+            replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.CONSUME)
+            if replay is not None:
+                return replay
+            now = timezone.now()
+            limits = effective_limits(tenant)
+            for window in spec.windows:
+                key = quota_key(meter, window)
+                limit = limits[key]
+                counter = _counter(tenant, key, window_bounds(window, now)[0])
+                rows = QuotaCounter.objects.for_tenant(tenant).filter(pk=counter.pk)
+                if limit != UNLIMITED:
+                    rows = rows.filter(used__lte=limit - amount)
+                if rows.update(used=F("used") + amount) == 0:
+                    states = quota_states(tenant, now, meters=[meter])
+                    state = next(s for s in states if s.quota_key == key)
+                    raise QuotaExceeded(
+                        f"quota {key} exceeded: {state.used} of {limit} {spec.unit}s used, "
+                        f"{amount} requested",
+                        details={"quota": key, "limit": limit, "used": state.used, "requested": amount},
+                        headers=ratelimit_headers(states, now),
+                    )
+            return UsageRecord.objects.create(
+                tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=amount, unit=spec.unit,
+                reference=reference[:200], idempotency_key=idempotency_key, created_at=now,
+            )
+    except IntegrityError:
+        # A concurrent request with the same idempotency key won the race; its record stands.
+        replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.CONSUME)
+        if replay is None:
+            raise
+        return replay
+
+
+def release(
+    tenant: Tenant,
+    meter: str,
+    amount: int,
+    idempotency_key: str,
+    reference: str = "",
+    consumed_at: datetime | None = None,
+) -> UsageRecord:
+    """Give back ``amount`` of ``meter`` (a failed delivery, a closed tunnel) as a negative ledger row.
+
+    ``consumed_at`` names the windows the original consumption was counted in (default: now). Idempotent
+    like ``consume``. Cannot give back more than the window's counter holds.
+    """
+    spec = _meter(meter)
+    _check_amount(amount)
+    _check_idempotency_key(idempotency_key)
+    try:
+        with transaction.atomic():
+            replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.RELEASE)
+            if replay is not None:
+                return replay
+            at = consumed_at or timezone.now()
+            for window in spec.windows:
+                key = quota_key(meter, window)
+                counter = _counter(tenant, key, window_bounds(window, at)[0])
+                rows = QuotaCounter.objects.for_tenant(tenant).filter(pk=counter.pk, used__gte=amount)
+                if rows.update(used=F("used") - amount) == 0:
+                    raise Conflict(f"cannot release {amount} {spec.unit}s of {key}: more than was consumed")
+            return UsageRecord.objects.create(
+                tenant=tenant, meter=meter, kind=UsageRecord.Kind.RELEASE, quantity=-amount, unit=spec.unit,
+                reference=reference[:200], idempotency_key=idempotency_key,
+            )
+    except IntegrityError:
+        replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.RELEASE)
+        if replay is None:
+            raise
+        return replay

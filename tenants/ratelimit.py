@@ -1,0 +1,117 @@
+"""Per-token request rate limits: a token bucket, atomic in Redis when configured, per process otherwise.
+
+Rate limits protect capacity (seconds); quotas are commercial entitlements (days, months). They are kept
+apart: this module never touches the database.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from django.conf import settings
+from rest_framework.throttling import BaseThrottle
+
+
+@dataclass(frozen=True)
+class BucketResult:
+    allowed: bool
+    remaining: int
+    retry_after: float  # seconds until one request is allowed again (0 when allowed)
+    reset_after: float  # seconds until the bucket is full again
+
+
+class LocalTokenBucket:
+    """Thread-safe in-process buckets (the embedded default: one process, one limiter)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, rate: float, burst: int, now: float | None = None) -> BucketResult:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[key] = (tokens, now)
+        return _result(allowed, tokens, rate, burst)
+
+
+# KEYS[1] bucket; ARGV rate, burst, now (s). Stored as a hash {tokens, ts}; expires when it would be full.
+_REDIS_SCRIPT = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(b[1]) or burst, tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {allowed, tostring(tokens)}
+"""
+
+
+class RedisTokenBucket:
+    """Shared buckets for many web processes; one Lua script per request keeps take() atomic."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._script = self._client.register_script(_REDIS_SCRIPT)
+
+    def take(self, key: str, rate: float, burst: int, now: float | None = None) -> BucketResult:
+        now = time.time() if now is None else now
+        allowed, tokens = self._script(keys=[f"qxaas:rl:{key}"], args=[rate, burst, now])
+        return _result(bool(allowed), float(tokens), rate, burst)
+
+
+def _result(allowed: bool, tokens: float, rate: float, burst: int) -> BucketResult:
+    retry_after = 0.0 if allowed else (1.0 - tokens) / rate
+    return BucketResult(allowed, int(tokens), retry_after, (burst - tokens) / rate)
+
+
+@lru_cache(maxsize=1)
+def limiter() -> LocalTokenBucket | RedisTokenBucket:
+    return RedisTokenBucket(settings.REDIS_URL) if settings.REDIS_URL else LocalTokenBucket()
+
+
+def rate_headers(result: BucketResult, rate: float, burst: int) -> dict[str, str]:
+    window = math.ceil(burst / rate)
+    return {
+        "RateLimit-Policy": f'"requests";q={burst};w={window}',
+        "RateLimit": f'"requests";r={result.remaining};t={math.ceil(result.reset_after)}',
+        "X-RateLimit-Limit": str(burst),
+        "X-RateLimit-Remaining": str(result.remaining),
+        "X-RateLimit-Reset": str(int(time.time() + math.ceil(result.reset_after))),
+    }
+
+
+class TokenRateThrottle(BaseThrottle):
+    """DRF throttle: one bucket per API token (or per user for browser sessions, per IP when anonymous)."""
+
+    def allow_request(self, request, view) -> bool:
+        rate, burst = settings.API_RATE_LIMIT_PER_SECOND, settings.API_RATE_LIMIT_BURST
+        if rate <= 0:
+            return True
+        auth = request.auth
+        if getattr(auth, "key", None):
+            ident = f"token:{auth.key}"
+        elif request.user and request.user.is_authenticated:
+            ident = f"user:{request.user.pk}"
+        else:
+            ident = f"ip:{self.get_ident(request)}"
+        result = limiter().take(ident, rate, burst)
+        # Seen by the middleware that puts these headers on every API response, errors included.
+        request._request.ratelimit_headers = rate_headers(result, rate, burst)
+        self._retry_after = result.retry_after
+        return result.allowed
+
+    def wait(self) -> float | None:
+        return self._retry_after

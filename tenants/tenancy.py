@@ -1,0 +1,61 @@
+"""The one place that decides the tenant of a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from portal.errors import BadRequest, Forbidden, NotFound
+
+from .models import ApiToken, Membership, Tenant
+from .tokens import ROLE_SCOPES
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    tenant: Tenant
+    role: str | None  # None for an operator acting on a tenant they are not a member of
+    scopes: frozenset[str]  # what this request may do in the tenant
+    token: ApiToken | None
+
+
+def resolve_tenant(request) -> TenantContext:
+    """A token decides its tenant; a browser session names one (``X-Tenant`` header, ``?tenant=``, or the
+    session's current tenant) or has exactly one membership. Suspended tenants get 403."""
+    user = request.user
+    token = request.auth if isinstance(request.auth, ApiToken) else None
+    if token is not None:
+        tenant = token.tenant
+        membership = Membership.objects.for_tenant(tenant).filter(user=user).first()
+        if membership is None and not user.is_staff:
+            raise Forbidden("the token's user is no longer a member of its tenant")
+        role = membership.role if membership else None
+        scopes = frozenset(token.scopes)
+    else:
+        slug = (
+            request.headers.get("X-Tenant")
+            or request.GET.get("tenant")
+            or getattr(request, "session", {}).get("tenant")
+        )
+        memberships = Membership.objects.unscoped().select_related("tenant", "tenant__plan").filter(user=user)
+        if slug:
+            membership = memberships.filter(tenant__slug=slug).first()
+            if membership is not None:
+                tenant, role = membership.tenant, membership.role
+            elif user.is_staff:
+                tenant = Tenant.objects.select_related("plan").filter(slug=slug).first()
+                if tenant is None:
+                    raise NotFound(f"no tenant {slug!r}")
+                role = None
+            else:
+                raise NotFound(f"no tenant {slug!r}")  # indistinguishable from a tenant that does not exist
+        else:
+            found = list(memberships[:2])
+            if len(found) != 1:
+                raise BadRequest("choose a tenant with the X-Tenant header (or ?tenant=<slug>)")
+            tenant, role = found[0].tenant, found[0].role
+        scopes = frozenset(ROLE_SCOPES[role]) if role else frozenset()
+        if user.is_staff:
+            scopes |= frozenset(ROLE_SCOPES["owner"]) | {"operator"}
+    if not tenant.is_active:
+        raise Forbidden(f"tenant {tenant.slug!r} is suspended")
+    return TenantContext(tenant=tenant, role=role, scopes=scopes, token=token)

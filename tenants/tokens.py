@@ -1,0 +1,118 @@
+"""API tokens: ``qx_<key>.<secret>``, shown once, stored as HMAC-SHA256(pepper, secret)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from portal.errors import BadRequest, Forbidden
+
+from .models import MANAGING_ROLES, ApiToken, Membership, Role, Scope, Tenant
+
+TOKEN_RE = re.compile(r"^qx_(?P<key>[0-9a-f]{12})\.(?P<secret>[A-Za-z0-9_-]{43})$")
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+READ_SCOPES = {Scope.KEYS_READ, Scope.TUNNELS_READ, Scope.BILLING_READ}
+ROLE_SCOPES: dict[str, set[str]] = {
+    Role.OWNER: {s.value for s in Scope} - {Scope.OPERATOR},
+    Role.ADMIN: {s.value for s in Scope} - {Scope.OPERATOR},
+    Role.MEMBER: {s.value for s in Scope} - {Scope.OPERATOR, Scope.TENANT_ADMIN},
+    Role.VIEWER: {Scope.TUNNELS_READ.value, Scope.BILLING_READ.value},
+}
+
+
+class InvalidToken(Exception):
+    """The presented token is malformed, unknown, revoked or expired (the caller gets one generic 401)."""
+
+
+def current_pepper_id() -> int:
+    return max(settings.API_TOKEN_PEPPERS)
+
+
+def hash_secret(secret: str, pepper_id: int) -> str:
+    pepper = settings.API_TOKEN_PEPPERS[pepper_id].encode()
+    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def allowed_scopes(user, tenant: Tenant) -> set[str]:
+    """Scopes a user may put on a token for ``tenant``: those of the role, plus ``operator`` for staff."""
+    membership = Membership.objects.for_tenant(tenant).filter(user=user).first()
+    scopes = set(ROLE_SCOPES[membership.role]) if membership else set()
+    if user.is_staff:
+        scopes |= set(ROLE_SCOPES[Role.OWNER]) | {Scope.OPERATOR.value}
+    return scopes
+
+
+def issue_token(
+    user, tenant: Tenant, name: str, scopes: list[str], expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
+    """Create a token and return it with its plaintext, which is never stored and cannot be shown again."""
+    unknown = sorted(set(scopes) - {s.value for s in Scope})
+    if unknown:
+        raise BadRequest(f"unknown scopes: {', '.join(unknown)}", details={"scopes": [s.value for s in Scope]})
+    if not scopes:
+        raise BadRequest("a token needs at least one scope")
+    denied = sorted(set(scopes) - allowed_scopes(user, tenant))
+    if denied:
+        raise Forbidden(f"your role in {tenant.slug!r} cannot grant: {', '.join(denied)}")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise BadRequest("expires_at must be in the future")
+    key = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    pepper_id = current_pepper_id()
+    token = ApiToken.objects.create(
+        key=key, secret_hash=hash_secret(secret, pepper_id), pepper_id=pepper_id, tenant=tenant, user=user,
+        name=name, scopes=sorted(set(scopes)), expires_at=expires_at,
+    )
+    return token, f"qx_{key}.{secret}"
+
+
+def verify_token(raw: str) -> ApiToken:
+    """The usable token for ``raw``; raises ``InvalidToken`` otherwise. Updates ``last_used_at`` at most
+    once a minute so a busy client does not turn every request into a write."""
+    match = TOKEN_RE.match(raw.strip())
+    if not match:
+        raise InvalidToken("malformed token")
+    # The token itself names its tenant: looking it up across tenants is what authentication is.
+    token = ApiToken.objects.unscoped().select_related("tenant", "tenant__plan", "user").filter(
+        key=match["key"]
+    ).first()
+    if token is None or token.pepper_id not in settings.API_TOKEN_PEPPERS:
+        raise InvalidToken("unknown token")
+    if not hmac.compare_digest(token.secret_hash, hash_secret(match["secret"], token.pepper_id)):
+        raise InvalidToken("unknown token")
+    if token.revoked_at is not None:
+        raise InvalidToken("token revoked")
+    now = timezone.now()
+    if token.is_expired(now):
+        raise InvalidToken("token expired")
+    if not token.user.is_active:
+        raise InvalidToken("user inactive")
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+        ApiToken.objects.unscoped().filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+def can_manage_token(user, token: ApiToken, role: str | None) -> bool:
+    return token.user_id == user.pk or role in MANAGING_ROLES or user.is_staff
+
+
+def revoke_token(token: ApiToken) -> None:
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        ApiToken.objects.for_tenant(token.tenant_id).filter(pk=token.pk).update(revoked_at=token.revoked_at)
+
+
+
+
+def expire_tokens(now: datetime | None = None) -> int:
+    """Mark expired tokens revoked so listings and audits show them as dead; returns how many."""
+    now = now or timezone.now()
+    return ApiToken.objects.unscoped().filter(expires_at__lte=now, revoked_at__isnull=True).update(revoked_at=now)
