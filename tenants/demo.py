@@ -65,7 +65,7 @@ def _ensure_user(username: str, email: str, staff: bool) -> tuple[object, str | 
 @transaction.atomic
 def bootstrap_demo() -> DemoCredentials:
     ensure_default_plans()
-    operator, op_pw = _ensure_user("operator", "operator@qxaas.localhost", staff=True)
+    _operator, op_pw = _ensure_user("operator", "operator@qxaas.localhost", staff=True)
     researcher, r_pw = _ensure_user("researcher", "researcher@qxaas.localhost", staff=False)
     tenant = Tenant.objects.filter(slug="demo-lab").first() or Tenant.objects.create(
         name="Demo lab", slug="demo-lab", plan=Plan.objects.get(slug="research")

@@ -192,6 +192,9 @@ class UsageRollup(models.Model):
         constraints = [models.UniqueConstraint(fields=["tenant", "meter", "hour"], name="uniq_rollup_hour")]
         ordering = ["-hour"]
 
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.meter} {self.hour:%Y-%m-%d %H}h: {self.quantity}"
+
 
 class Scope(models.TextChoices):
     KEYS_READ = "keys:read", "Read QKD keys and key streams"

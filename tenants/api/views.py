@@ -93,6 +93,8 @@ class TenantViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         qs = Tenant.objects.select_related("plan")
+        if getattr(self, "swagger_fake_view", False):
+            return qs.none()
         user, token = self.request.user, self.request.auth if isinstance(self.request.auth, ApiToken) else None
         if IsOperator().has_permission(self.request, self):
             return qs
@@ -154,6 +156,10 @@ class TenantViewSet(viewsets.ModelViewSet):
 
 @extend_schema_view(
     list=extend_schema(summary="Plans (operators)"),
+    retrieve=extend_schema(summary="One plan with its limits (operators)"),
+    update=extend_schema(summary="Replace a plan (operators)"),
+    partial_update=extend_schema(summary="Change a plan's name or limits (operators)"),
+    destroy=extend_schema(summary="Delete a plan no tenant is on (operators)"),
     create=extend_schema(
         summary="Create a plan (operators)",
         examples=[
@@ -192,6 +198,7 @@ class PlanViewSet(OperatorViewSet):
 
 @extend_schema_view(
     list=extend_schema(summary="Members of the current tenant"),
+    retrieve=extend_schema(summary="One member of the current tenant"),
     create=extend_schema(summary="Add a member (owners and admins)",
                          examples=[OpenApiExample("Add", value={"username": "bob", "role": "member"},
                                                   request_only=True)]),
@@ -313,7 +320,10 @@ class UsageRecordViewSet(mixins.ListModelMixin, TenantScopedViewSet):
             queryset = queryset.filter(meter=meter)
         for name, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
             if params.get(name):
-                when = parse_datetime(params[name])
+                try:
+                    when = parse_datetime(params[name])
+                except ValueError:  # well-formed but impossible, e.g. month 13
+                    when = None
                 if when is None:
                     raise BadRequest(f"{name} must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
                 queryset = queryset.filter(**{lookup: when})

@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PORT ?= 8000
+
+.PHONY: run test venv lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Set up and run the whole system on the embedded defaults (SQLite, filesystem broker, QKD network twin).
+run: venv
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v0
+	$(PY) manage.py bootstrap_demo
+	PORT=$(PORT) $(PY) -m portal.runstack
+
+## Install what the tests need (Debian packages too), start PostgreSQL and Redis, run the suite and the
+## embedded-default smoke test, stop what was started.
+test:
+	bash scripts/test.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	bash scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache
