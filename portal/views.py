@@ -50,12 +50,15 @@ def _web_tenant(request: HttpRequest):
     request.auth = None
     try:
         return resolve_tenant(request)
-    except ApiError:
+    except ApiError as exc:
+        if request.GET.get("tenant"):
+            messages.error(request, exc.message)
+        request.session.pop("tenant", None)
         first = Membership.objects.unscoped().select_related("tenant").filter(user=request.user).first()
         if first is None:
             return None
         request.session["tenant"] = first.tenant.slug
-        return resolve_tenant(request)
+        return resolve_tenant(request, slug=first.tenant.slug)
 
 
 @login_required

@@ -18,9 +18,9 @@ class TenantContext:
     token: ApiToken | None
 
 
-def resolve_tenant(request) -> TenantContext:
-    """A token decides its tenant; a browser session names one (``X-Tenant`` header, ``?tenant=``, or the
-    session's current tenant) or has exactly one membership. Suspended tenants get 403."""
+def resolve_tenant(request, slug: str | None = None) -> TenantContext:
+    """A token decides its tenant; a browser session names one (``slug``, the ``X-Tenant`` header,
+    ``?tenant=``, or the session's current tenant) or has exactly one membership. Suspended tenants get 403."""
     user = request.user
     token = request.auth if isinstance(request.auth, ApiToken) else None
     if token is not None:
@@ -32,7 +32,8 @@ def resolve_tenant(request) -> TenantContext:
         scopes = frozenset(token.scopes)
     else:
         slug = (
-            request.headers.get("X-Tenant")
+            slug
+            or request.headers.get("X-Tenant")
             or request.GET.get("tenant")
             or getattr(request, "session", {}).get("tenant")
         )
