@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "allauth.mfa",
     "portal",
     "tenants",
+    "services",
 ]
 
 MIDDLEWARE = [
@@ -115,13 +116,14 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL or "fi
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Embedded default: kombu's filesystem transport, a real broker with no server to install.
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (CELERY_DATA_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_DATA_DIR / "queue"),
         "data_folder_out": str(CELERY_DATA_DIR / "queue"),
         "processed_folder": str(CELERY_DATA_DIR / "processed"),
         "store_processed": False,
+        "control_folder": str(CELERY_DATA_DIR / "control"),  # kombu's default is ./control in the cwd
     }
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
 CELERY_TASK_SERIALIZER = "json"
@@ -190,6 +192,7 @@ SPECTACULAR_SETTINGS = {
         "TLS, tenants, quotas and metering. Authenticate with `Authorization: Bearer qx_<id>.<secret>`."
     ),
     "VERSION": "0.1.0",
+    "OAS_VERSION": "3.1.0",  # for the mutualTLS security scheme of the ETSI endpoints
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -197,6 +200,13 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/",
 }
+
+# --- SD-QKD backends -----------------------------------------------------------------------------------
+# The embedded twin writes endpoints.json into its state directory; the portal registers its nodes from it.
+QKD_TWIN_STATE_DIR = env.str("QKD_TWIN_STATE_DIR", default=str(VAR_DIR / "twin"))
+QKD_AUTO_REGISTER_TWIN = env.bool("QKD_AUTO_REGISTER_TWIN", default=True)
+# The ETSI 014 HTTPS listener with client-certificate authentication (gunicorn, started by make run).
+ETSI_HTTPS_PORT = env.int("ETSI_HTTPS_PORT", default=8443)
 
 # --- i18n, static -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -1,0 +1,168 @@
+"""ETSI GS QKD 014 V1.1.1 northbound: the standard paths, for tenants' SAEs.
+
+Callers authenticate with their SAE client certificate (mTLS on the HTTPS listener) or with an API token
+(scopes ``keys:write`` for enc_keys, ``keys:read`` for status and dec_keys) plus ``X-SAE-ID`` naming one of
+the tenant's SAEs. Errors use the ETSI body ``{"message": ..., "details": [...]}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from portal.errors import ApiError, BadRequest, Forbidden, describe
+from services import delivery
+from services.authentication import SaeCertificateAuthentication
+from services.models import Sae
+from tenants.authentication import BearerTokenAuthentication
+from tenants.models import ApiToken
+from tenants.tenancy import resolve_tenant
+
+
+def etsi_exception_handler(exc: Exception, context: dict) -> Response | None:
+    try:
+        status_code, _code, message, details, headers = describe(exc)
+    except Exception:
+        return None
+    body: dict[str, Any] = {"message": message}
+    if details is not None:
+        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
+                                                                     else {"detail": details}]
+    return Response(body, status=status_code, headers=headers)
+
+
+ERROR = inline_serializer("EtsiError", {"message": serializers.CharField(), "details": serializers.ListField(
+    child=serializers.DictField(), required=False)})
+KEY_CONTAINER = inline_serializer("KeyContainer", {"keys": serializers.ListField(child=serializers.DictField())})
+EXAMPLE_KEYS = OpenApiExample("Key container", response_only=True, value={"keys": [{
+    "key_ID": "bc490419-7d60-487f-adc1-4ddcc177c139", "key": "wHHVxRwDJs3/bXd38GHP3oe4svTuRpZS0yCC7x4Ly+s=",
+    "key_ID_extension": {"hops": 2, "path": ["CAIT", "CCS", "Rectorado"]}}]})
+
+
+class EtsiView(APIView):
+    authentication_classes = [SaeCertificateAuthentication, BearerTokenAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [JSONParser]
+    required_scope = "keys:read"
+
+    def get_exception_handler(self):
+        return etsi_exception_handler
+
+    def caller(self, request) -> Sae:
+        if isinstance(request.auth, Sae):
+            sae = request.auth
+            if not sae.tenant.is_active:
+                raise Forbidden(f"tenant {sae.tenant.slug!r} is suspended")
+            return sae
+        if isinstance(request.auth, ApiToken):
+            ctx = resolve_tenant(request)
+            if self.required_scope not in ctx.scopes:
+                raise Forbidden(f"this needs the {self.required_scope!r} scope")
+            name = request.headers.get("X-SAE-ID")
+            if not name:
+                raise BadRequest("with an API token, name the calling SAE in the X-SAE-ID header")
+            return delivery.tenant_sae(ctx.tenant, name, "calling")
+        raise Forbidden("an SAE certificate or an API token is required")
+
+    @staticmethod
+    def body(request) -> dict[str, Any]:
+        if request.method == "GET":
+            return {}
+        data = request.data
+        if data in (None, "") or data == {}:
+            return {}
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return data
+
+
+STATUS = inline_serializer("KeyStatus", {
+    "source_KME_ID": serializers.CharField(), "target_KME_ID": serializers.CharField(),
+    "master_SAE_ID": serializers.CharField(), "slave_SAE_ID": serializers.CharField(),
+    "key_size": serializers.IntegerField(), "stored_key_count": serializers.IntegerField(),
+    "max_key_count": serializers.IntegerField(), "max_key_per_request": serializers.IntegerField(),
+    "max_key_size": serializers.IntegerField(), "min_key_size": serializers.IntegerField(),
+    "max_SAE_ID_count": serializers.IntegerField()})
+
+
+class StatusView(EtsiView):
+    @extend_schema(summary="ETSI 014 Get status", tags=["ETSI GS QKD 014"], responses={200: STATUS, 400: ERROR,
+                   401: ERROR, 503: ERROR})
+    def get(self, request, slave_sae_id: str):
+        return Response(delivery.status(self.caller(request), slave_sae_id))
+
+    @extend_schema(summary="ETSI 014 Get status (POST form, accepted for lenient clients)", tags=["ETSI GS QKD 014"],
+                   request=None, responses={200: STATUS, 400: ERROR, 401: ERROR, 503: ERROR})
+    def post(self, request, slave_sae_id: str):
+        return self.get(request, slave_sae_id)
+
+
+GET_KEY_PARAMS = [
+    OpenApiParameter("number", int, description="number of keys (default 1)"),
+    OpenApiParameter("size", int, description="key size in bits (multiple of 8; default key_size)"),
+]
+
+
+class EncKeysView(EtsiView):
+    required_scope = "keys:write"
+
+    @extend_schema(summary="ETSI 014 Get key (GET form)", tags=["ETSI GS QKD 014"], parameters=GET_KEY_PARAMS,
+                   responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 429: ERROR, 503: ERROR},
+                   examples=[EXAMPLE_KEYS])
+    def get(self, request, slave_sae_id: str):
+        params = request.query_params
+        return self._keys(request, slave_sae_id, params.get("number"), params.get("size"), None, None)
+
+    @extend_schema(
+        summary="ETSI 014 Get key", tags=["ETSI GS QKD 014"],
+        request=inline_serializer("KeyRequest", {
+            "number": serializers.IntegerField(required=False), "size": serializers.IntegerField(required=False),
+            "additional_slave_SAE_IDs": serializers.ListField(child=serializers.CharField(), required=False),
+            "extension_mandatory": serializers.ListField(child=serializers.DictField(), required=False),
+            "extension_optional": serializers.ListField(child=serializers.DictField(), required=False)}),
+        responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 429: ERROR, 503: ERROR},
+        examples=[OpenApiExample("Two 256-bit keys", request_only=True, value={"number": 2, "size": 256}),
+                  EXAMPLE_KEYS],
+    )
+    def post(self, request, slave_sae_id: str):
+        b = self.body(request)
+        return self._keys(request, slave_sae_id, b.get("number"), b.get("size"), b.get("additional_slave_SAE_IDs"),
+                          b.get("extension_mandatory"))
+
+    def _keys(self, request, slave, number, size, additional, mandatory) -> Response:
+        master = self.caller(request)
+        container = delivery.enc_keys(master, slave, number=number, size=size,
+                                      additional_slave_sae_ids=additional, extension_mandatory=mandatory)
+        return Response(container, headers={"Cache-Control": "no-store"})
+
+
+class DecKeysView(EtsiView):
+    @extend_schema(summary="ETSI 014 Get key with key IDs (GET form)", tags=["ETSI GS QKD 014"],
+                   parameters=[OpenApiParameter("key_ID", str, description="a key ID (UUID)")],
+                   responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR}, examples=[EXAMPLE_KEYS])
+    def get(self, request, master_sae_id: str):
+        key_id = request.query_params.get("key_ID")
+        if not key_id:
+            raise BadRequest("key_ID is required")
+        return self._keys(request, master_sae_id, [{"key_ID": key_id}])
+
+    @extend_schema(summary="ETSI 014 Get key with key IDs", tags=["ETSI GS QKD 014"],
+                   request=inline_serializer("KeyIds", {
+                       "key_IDs": serializers.ListField(child=serializers.DictField())}),
+                   responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR}, examples=[EXAMPLE_KEYS])
+    def post(self, request, master_sae_id: str):
+        return self._keys(request, master_sae_id, self.body(request).get("key_IDs"))
+
+    def _keys(self, request, master, raw_ids) -> Response:
+        slave = self.caller(request)
+        container = delivery.dec_keys(slave, master, delivery.parse_key_ids(raw_ids))
+        return Response(container, headers={"Cache-Control": "no-store"})
+
+
+__all__ = ["ApiError", "DecKeysView", "EncKeysView", "StatusView"]

@@ -1,0 +1,88 @@
+"""The SD-QKD backend registry (nodes and their KMEs), tenants' SAEs and the record of delivered key IDs.
+
+Key material is never stored here: only key IDs, sizes and who they were delivered to.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+from tenants.models import Tenant
+from tenants.scoping import TenantScopedManager
+
+
+class QkdNode(models.Model):
+    """A node of the QKD network and how the portal reaches its KME (ETSI GS QKD 014)."""
+
+    class AuthMode(models.TextChoices):
+        # The portal presents its own client certificate and names the backend SAE it acts for in
+        # X-SAE-ID (the embedded twin; KMEs with a trusted-proxy feature).
+        PROXY_HEADER = "proxy-header", "Portal certificate + X-SAE-ID"
+        # The portal holds the backend SAE's own client certificate (any standard KME).
+        SAE_CERTIFICATE = "sae-certificate", "Backend SAE certificate"
+
+    node_id = models.CharField(max_length=100, unique=True, help_text="the node's id in the network (e.g. CAIT)")
+    site = models.CharField(max_length=200, blank=True)
+    kme_url = models.URLField(help_text="base URL of the node's KME, e.g. https://kme-cait.example.org:8443")
+    backend_sae_ids = models.JSONField(
+        default=list, help_text="the portal's SAE identities at this KME (the first is used as master; a second "
+        "one lets two tenant SAEs of the same node exchange keys)")
+    auth_mode = models.CharField(max_length=20, choices=AuthMode.choices, default=AuthMode.SAE_CERTIFICATE)
+    client_cert_path = models.CharField(max_length=500, blank=True, help_text="PEM file on the portal host")
+    client_key_path = models.CharField(max_length=500, blank=True, help_text="PEM file on the portal host")
+    ca_path = models.CharField(max_length=500, blank=True, help_text="CA bundle that signed the KME certificate")
+    enabled = models.BooleanField(default=True)
+    source = models.CharField(max_length=20, default="operator", help_text="'twin' when registered automatically")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["node_id"]
+
+    def __str__(self) -> str:
+        return self.node_id
+
+
+class Sae(models.Model):
+    """A tenant's Secure Application Entity attached to a node; authenticates with a portal-issued
+    client certificate (mTLS) or an API token naming it."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    name = models.SlugField(max_length=100, help_text="the SAE ID the tenant's applications use")
+    node = models.ForeignKey(QkdNode, on_delete=models.PROTECT, related_name="saes")
+    description = models.CharField(max_length=200, blank=True)
+    cert_serial = models.CharField(max_length=64, blank=True, db_index=True)
+    cert_fingerprint = models.CharField(max_length=64, blank=True)
+    cert_not_after = models.DateTimeField(null=True, blank=True)
+    cert_issued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="uniq_sae_name_per_tenant")]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.tenant_id}@{self.node_id})"
+
+
+class KeyDelivery(models.Model):
+    """One key ID delivered to a master SAE for one slave SAE (multicast: one row per slave)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    key_id = models.UUIDField()
+    master = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+")
+    slave = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+")
+    size_bits = models.PositiveIntegerField()
+    hops = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key_id", "slave"], name="uniq_key_per_slave")]
+        indexes = [models.Index(fields=["tenant", "key_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} {self.master_id}->{self.slave_id}"
