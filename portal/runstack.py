@@ -17,12 +17,31 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15
 
 
+def etsi_https_command(port: int, workers: int = 2) -> list[str]:
+    """gunicorn serving the portal over HTTPS, asking for (optional) client certificates from the portal CA.
+
+    The ETSI 014 endpoints authenticate SAEs by the verified certificate; other endpoints work too.
+    """
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.base")
+    django.setup()
+    from services import pki
+
+    cert, key = pki.server_certificate()
+    return [sys.executable, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+            "--threads", "8", "--certfile", str(cert), "--keyfile", str(key),
+            "--ca-certs", str(pki.pki_dir() / "ca.crt"), "--cert-reqs", "1",
+            "--graceful-timeout", "10", "--access-logfile", "-"]
+
+
 def commands(port: int) -> dict[str, list[str]]:
     py = sys.executable
     var = os.environ.get("QXAAS_VAR_DIR", str(BASE_DIR / "var"))
     procs = {
         "web": [py, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
                 "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10"],
+        "etsi-https": etsi_https_command(int(os.environ.get("ETSI_HTTPS_PORT", "8443"))),
         "worker": [py, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO", "--concurrency", "2"],
         "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
                  "--schedule", f"{var}/celerybeat-schedule"],
