@@ -19,7 +19,7 @@ run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py bootstrap_demo
-	PORT=$(PORT) $(PY) -m portal.runstack
+	QXAAS_DEMO=1 PORT=$(PORT) $(PY) -m portal.runstack
 
 ## Install what the tests need (Debian packages too), start PostgreSQL and Redis, run the suite and the
 ## embedded-default smoke test, stop what was started.

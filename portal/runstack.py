@@ -46,8 +46,11 @@ def commands(port: int) -> dict[str, list[str]]:
         "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
                  "--schedule", f"{var}/celerybeat-schedule"],
     }
-    if find_spec("services.sdqkd.twin.__main__") is not None and not os.environ.get("QKD_BACKEND_URLS"):
-        procs["twin"] = [py, "-m", "services.sdqkd.twin", "--state-dir", f"{var}/twin"]
+    embedded_twin = os.environ.get("QKD_EMBEDDED_TWIN", "true").lower() in ("1", "true", "yes")
+    if embedded_twin and find_spec("services.sdqkd.twin.__main__") is not None:
+        state = os.environ.get("QKD_TWIN_STATE_DIR", f"{var}/twin")
+        procs["twin"] = [py, "-m", "services.sdqkd.twin", "--state-dir", state,
+                         "--topology", os.environ.get("QKD_TWIN_TOPOLOGY", "madqci")]
     return procs
 
 
@@ -65,8 +68,12 @@ def main() -> int:
     for name, cmd in commands(port).items():
         children[name] = subprocess.Popen(cmd, cwd=BASE_DIR)  # noqa: S603 - our own fixed commands
         print(f"[runstack] started {name} (pid {children[name].pid})", flush=True)
-    print(f"[runstack] QXaaS is up: http://127.0.0.1:{port}/  (API docs: http://127.0.0.1:{port}/api/docs/)"
-          "  — Ctrl-C stops everything", flush=True)
+    if os.environ.get("QXAAS_DEMO") and "twin" in children:
+        # make run: give the demo tenant SAEs with certificate bundles once the twin is up.
+        subprocess.run([sys.executable, "manage.py", "demo_saes"], cwd=BASE_DIR, check=False)
+    etsi_port = os.environ.get("ETSI_HTTPS_PORT", "8443")
+    print(f"[runstack] QXaaS is up: http://127.0.0.1:{port}/  (API docs: http://127.0.0.1:{port}/api/docs/,"
+          f" ETSI 014 over mTLS: https://127.0.0.1:{etsi_port}/api/v1/keys/)  — Ctrl-C stops everything", flush=True)
     exit_code = 0
     while not stopping:
         for name, child in children.items():

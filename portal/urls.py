@@ -3,6 +3,8 @@ from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from services.api.network_views import NetworkView
+
 from . import views
 
 # The admin signs in through allauth, so MFA covers operators there too.
@@ -24,5 +26,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include("tenants.api.urls")),
+    path("api/qkd/network/", NetworkView.as_view(), name="qkd-network"),
     path("api/", include("services.api.urls")),
 ]

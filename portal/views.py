@@ -121,8 +121,36 @@ def usage_page(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
 def services_page(request: HttpRequest) -> HttpResponse:
-    return render(request, "portal/services.html", {"tenant_context": _web_tenant(request)})
+    """The network (nodes, links, live state), the tenant's SAEs (register: bundle shown once), recent key IDs."""
+    from services import saes
+    from services.models import KeyDelivery, QkdNode, Sae
+    from services.network import network_view
+
+    ctx = _web_tenant(request)
+    bundle = None
+    if request.method == "POST" and ctx is not None:
+        try:
+            if ctx.role not in ("owner", "admin", "member") and not request.user.is_staff:
+                raise ApiError("your role cannot register SAEs")
+            bundle = saes.register_sae(ctx.tenant, request.POST.get("name", "").strip(), request.POST.get("node", ""))
+            messages.success(request, f"SAE {bundle.sae.name} registered.")
+        except ApiError as exc:
+            messages.error(request, exc.message)
+    try:
+        network = network_view(include_internal=request.user.is_staff)
+    except ApiError:
+        network = {"nodes": [], "links": [], "telemetry": False}
+    context = {"tenant_context": ctx, "network": network, "bundle": bundle,
+               "nodes": QkdNode.objects.filter(enabled=True)}
+    if ctx is not None:
+        context["saes"] = Sae.objects.for_tenant(ctx.tenant).select_related("node")
+        context["deliveries"] = KeyDelivery.objects.for_tenant(ctx.tenant).select_related(
+            "master", "slave").order_by("-created_at")[:20]
+    response = render(request, "portal/services.html", context)
+    response["Cache-Control"] = "no-store"  # may hold a freshly issued private key
+    return response
 
 
 @staff_member_required(login_url="account_login")

@@ -42,7 +42,8 @@ def fetch(url: str, token: str | None = None, timeout: float = 10) -> tuple[int,
 def stack(tmp_path_factory):
     var = tmp_path_factory.mktemp("var")
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(QXAAS_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="portal.settings.base", PORT=str(free_port()))
+    env.update(QXAAS_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="portal.settings.base", PORT=str(free_port()),
+               ETSI_HTTPS_PORT=str(free_port()), QXAAS_DEMO="1")
 
     def manage(*args: str) -> str:
         result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
@@ -70,19 +71,52 @@ def stack(tmp_path_factory):
         time.sleep(0.5)
     else:
         pytest.fail("the stack did not become ready:\n" + (var / "stack.log").read_text()[-4000:])
-    yield {"base": base, "token": token, "manage": manage, "proc": proc, "var": var}
+    yield {"base": base, "token": token, "manage": manage, "proc": proc, "var": var,
+           "etsi": f"https://127.0.0.1:{env['ETSI_HTTPS_PORT']}"}
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=40)
     log.close()
 
 
-def test_ready_on_sqlite_and_the_filesystem_broker(stack):
+def test_ready_on_sqlite_the_filesystem_broker_and_the_twin(stack):
     status, body = fetch(stack["base"] + "/readyz")
     checks = json.loads(body)["checks"]
-    assert status == 200
+    assert status == 200, checks
     assert checks["database"]["backend"] == "sqlite"
     assert checks["broker"]["backend"] == "filesystem"
+    assert checks["sdqkd"]["backend"] == "3 KMEs reachable"
+
+
+def test_a_key_between_cait_and_rectorado_with_the_demo_token(stack):
+    deadline = time.monotonic() + 30
+    while True:  # the twin's links fill their stores at the physical rate from start
+        status, body = fetch(stack["base"] + "/api/qkd/keys?src=CAIT&dst=Rectorado", stack["token"])
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == 200, body
+    key = json.loads(body)
+    status, peer = fetch(stack["base"] + f"/api/qkd/keys/{key['key_ID']}", stack["token"])
+    assert status == 200 and json.loads(peer)["key"] == key["key"]
+
+
+def test_the_demo_sae_bundles_work_with_curl_over_mtls(stack):
+    bundles = stack["var"] / "demo-saes"
+    deadline = time.monotonic() + 60
+    while not (bundles / "demo-rect.key").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    tls = ["--cacert", str(bundles / "ca.crt")]
+    master = [*tls, "--cert", str(bundles / "demo-cait.crt"), "--key", str(bundles / "demo-cait.key")]
+    slave = [*tls, "--cert", str(bundles / "demo-rect.crt"), "--key", str(bundles / "demo-rect.key")]
+    out = subprocess.run(["curl", "-sSf", *master, stack["etsi"] + "/api/v1/keys/demo-rect/enc_keys"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    key = json.loads(out.stdout)["keys"][0]
+    url = stack["etsi"] + f"/api/v1/keys/demo-cait/dec_keys?key_ID={key['key_ID']}"
+    out = subprocess.run(["curl", "-sSf", *slave, url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["keys"][0]["key"] == key["key"]
 
 
 def test_the_printed_token_lists_the_tenants_quotas(stack):
@@ -123,7 +157,7 @@ def test_the_worker_runs_a_task_through_the_embedded_broker(stack):
 def test_ctrl_c_stops_everything(stack):
     proc = stack["proc"]
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(children) >= 3  # web, worker, beat (and the twin once present)
+    assert len(children) >= 5  # web, ETSI HTTPS listener, worker, beat, twin
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=40) == 0
     for pid in children:
