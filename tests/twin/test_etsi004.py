@@ -1,0 +1,119 @@
+"""ETSI GS QKD 004 V2.1.1 key streams over REST (/api/open_connect, /api/get_key, /api/close)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+A, B = "sae-cait-1", "sae-rectorado-1"
+
+
+def call(twin, sae, method, path, **kwargs):
+    with twin.session(sae) as s:
+        r = s.request(method, twin.url(twin.node_of(sae)) + path, timeout=20, **kwargs)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def open_pair(twin, qos=None):
+    opened = call(twin, A, "POST", "/api/open_connect",
+                  json={"source": f"sae://{A}", "destination": f"sae://{B}", "QoS": qos or {"Key_chunk_size": 32}})
+    assert opened["status"] == 1, opened  # successful, peer not connected yet
+    ksid = opened["Key_stream_ID"]
+    joined = call(twin, B, "POST", "/api/open_connect",
+                  json={"source": f"sae://{B}", "destination": f"sae://{A}", "Key_stream_ID": ksid, "QoS": {}})
+    assert joined["status"] == 0 and joined["Key_stream_ID"] == ksid
+    return ksid
+
+
+def test_both_peers_get_the_same_chunk_for_the_same_index(madqci):
+    ksid = open_pair(madqci, {"Key_chunk_size": 64, "Min_bps": 1000, "Max_bps": 40000, "TTL": 60})
+    # The peer asks first for index 0, the initiator first for index 1: same bytes either way.
+    b0 = call(madqci, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 0})
+    a1 = call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})
+    a0 = call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 0})
+    b1 = call(madqci, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})
+    assert all(r["status"] == 0 for r in (a0, a1, b0, b1))
+    assert a0["key_buffer"] == b0["key_buffer"] and a1["key_buffer"] == b1["key_buffer"]
+    assert a0["key_buffer"] != a1["key_buffer"]
+    assert len(base64.b64decode(a0["key_buffer"])) == 64
+    assert a0["Metadata"]["hops"] == 2
+    # Without an index, each side continues with the next one.
+    a2 = call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})
+    b2 = call(madqci, B, "POST", "/api/get_key", json={"Key_stream_ID": ksid})
+    assert a2["index"] == b2["index"] == 2 and a2["key_buffer"] == b2["key_buffer"]
+    # A chunk goes to each application once.
+    assert call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 0})["status"] == 2
+    assert call(madqci, A, "POST", "/api/close", json={"Key_stream_ID": ksid})["status"] == 0
+    with madqci.session(B) as s:
+        r = s.get(madqci.url("Rectorado") + "/api/get_key", params={"Key_stream_ID": ksid, "index": 3})
+    assert r.status_code == 400  # closed at both ends
+
+
+def test_qos_beyond_the_path_gets_a_counter_proposal(madqci):
+    opened = call(madqci, A, "POST", "/api/open_connect",
+                  json={"source": A, "destination": B, "QoS": {"Min_bps": 10**12, "Max_bps": 10**12}})
+    assert opened["status"] == 7 and opened["Key_stream_ID"] is None
+    offer = opened["QoS"]["Min_bps"]
+    # The offer is the slowest hop of CAIT-CCS-Rectorado times the twin's time scale.
+    skr = min(link["secret_key_rate_bps"] for link in madqci.topology_view()["links"])
+    assert offer == int(skr * madqci.endpoints["time_scale"])
+    accepted = call(madqci, A, "POST", "/api/open_connect",
+                    json={"source": A, "destination": B, "QoS": {"Min_bps": offer, "Max_bps": 10**12}})
+    assert accepted["status"] == 1 and accepted["QoS"]["Max_bps"] == offer
+
+
+def test_peer_not_connected_and_stream_id_in_use(madqci):
+    opened = call(madqci, A, "POST", "/api/open_connect", json={"source": A, "destination": B})
+    ksid = opened["Key_stream_ID"]
+    assert call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 3
+    join = {"source": B, "destination": A, "Key_stream_ID": ksid}
+    assert call(madqci, B, "POST", "/api/open_connect", json=join)["status"] == 0
+    assert call(madqci, B, "POST", "/api/open_connect", json=join)["status"] == 5
+
+
+def test_a_stream_expires_after_its_ttl(madqci):
+    ksid = open_pair(madqci, {"TTL": 1})
+    assert call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 0
+    time.sleep(1.2)
+    assert call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 6
+    assert call(madqci, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 6
+
+
+def test_metadata_buffer_too_small_is_status_8(madqci):
+    ksid = open_pair(madqci)
+    r = call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "metadata_size": 4})
+    assert r["status"] == 8
+
+
+def test_only_the_stream_applications_may_use_it(madqci):
+    ksid = open_pair(madqci)
+    with madqci.session("sae-rectorado-2") as s:
+        r = s.get(madqci.url("Rectorado") + "/api/get_key", params={"Key_stream_ID": ksid})
+    assert r.status_code == 401
+    with madqci.session(A) as s:  # the source must be the caller
+        r = s.post(madqci.url("CAIT") + "/api/open_connect", json={"source": "sae-cait-2", "destination": B})
+    assert r.status_code == 401
+
+
+def test_no_path_is_status_4(twin_factory):
+    twin = twin_factory("madqci", time_scale=50.0)
+    twin.admin("ccs-rectorado", "cut")
+    assert call(twin, A, "POST", "/api/open_connect", json={"source": A, "destination": B})["status"] == 4
+
+
+def test_insufficient_key_is_status_2_after_the_qos_timeout(twin_factory):
+    twin = twin_factory("madqci", time_scale=50.0)
+    twin.wait_for_key(A, B)
+    ksid = open_pair(twin, {"Timeout": 300})
+    assert call(twin, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 0
+    twin.admin("cait-ccs", "cut")
+    twin.admin("cait-ccs", "drain")
+    t0 = time.monotonic()  # chunk 0 exists at both ends already; chunk 1 needs new link key
+    assert call(twin, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})["status"] == 2
+    assert 0.3 <= time.monotonic() - t0 < 5
+    twin.admin("cait-ccs", "restore")
+    deadline = time.monotonic() + 10
+    while call(twin, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})["status"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
