@@ -1,0 +1,1 @@
+"""QKD link physics: analytical models and the protocol-level key generation pipeline (no Django)."""
