@@ -86,3 +86,45 @@ class KeyDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key_id} {self.master_id}->{self.slave_id}"
+
+
+class KeyStream(models.Model):
+    """An ETSI GS QKD 004 key stream between two of a tenant's SAEs, mapped onto a backend 004 stream.
+
+    Only metadata lives here: the backend KME holds the stream's key material (its buffer of chunks) and the
+    portal hands a chunk from the backend to the calling SAE without keeping it.
+    """
+
+    class State(models.TextChoices):
+        OPENED = "opened", "Opened, waiting for the peer SAE"
+        CONNECTED = "connected", "Both SAEs connected"
+        CLOSED = "closed", "Closed"
+        EXPIRED = "expired", "Expired (TTL)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    ksid = models.UUIDField(help_text="the Key_stream_ID the tenant's SAEs use")
+    backend_ksid = models.UUIDField(unique=True, help_text="the Key_stream_ID at the backend KMEs")
+    source = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+", help_text="the initiating SAE")
+    destination = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+")
+    backend_source_sae = models.CharField(max_length=100, help_text="the portal's SAE at the source's KME")
+    backend_destination_sae = models.CharField(max_length=100)
+    qos = models.JSONField(help_text="the negotiated QoS (ETSI 004 field names)")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPENED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    next_index_source = models.PositiveIntegerField(default=0, help_text="next chunk index for the source SAE")
+    next_index_destination = models.PositiveIntegerField(default=0)
+    highest_index = models.IntegerField(default=-1, help_text="highest chunk index handed to either SAE")
+    prefetched_to = models.IntegerField(default=-1, help_text="highest chunk index made ahead at the backend")
+    route = models.JSONField(default=dict, blank=True, help_text="hops and path of the last chunk")
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "ksid"], name="uniq_key_stream_per_tenant")]
+        indexes = [models.Index(fields=["state", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.ksid} {self.source_id}->{self.destination_id} ({self.state})"

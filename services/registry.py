@@ -98,11 +98,14 @@ def client_for(qkd_node: QkdNode) -> KmeClient:
     return client
 
 
-def link_status(master_node: QkdNode, master_sae: str, slave_sae: str) -> dict[str, Any]:
-    """The KME's status for a backend SAE pair (limits and stored keys), cached for a minute."""
+def link_status(master_node: QkdNode, master_sae: str, slave_sae: str, *, fresh: bool = False) -> dict[str, Any]:
+    """The KME's status for a backend SAE pair (limits and stored keys), cached for a minute.
+
+    ``fresh`` asks the KME now (and refreshes this pair's entry only: clearing the whole cache made every
+    other pair's next key request pay a status round trip too)."""
     key = (master_node.pk, master_sae, slave_sae)
     hit = _status_cache.get(key)
-    if hit and time.monotonic() - hit[0] < STATUS_TTL_S:
+    if hit and not fresh and time.monotonic() - hit[0] < STATUS_TTL_S:
         return hit[1]
     try:
         status = client_for(master_node).status(slave_sae, acting_as=master_sae)

@@ -115,6 +115,21 @@ def ratelimit_headers(states: list[QuotaState], now: datetime | None = None) -> 
     return headers
 
 
+def check(tenant: Tenant, meter: str, amount: int) -> None:
+    """Raise ``QuotaExceeded`` if ``amount`` would not fit now; records nothing (a cheap pre-check before
+    taking a scarce resource; ``consume`` still decides)."""
+    now = timezone.now()
+    states = quota_states(tenant, now, meters=[_meter(meter).name])
+    for state in states:
+        if state.remaining is not None and state.remaining < amount:
+            raise QuotaExceeded(
+                f"quota {state.quota_key} exceeded: {state.used} of {state.limit} {state.unit}s used, "
+                f"{amount} requested",
+                details={"quota": state.quota_key, "limit": state.limit, "used": state.used, "requested": amount},
+                headers=ratelimit_headers(states, now),
+            )
+
+
 def _replayed(tenant: Tenant, meter: str, amount: int, key: str, kind: str) -> UsageRecord | None:
     existing = UsageRecord.objects.for_tenant(tenant).filter(idempotency_key=key).first()
     if existing is None:

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
-from . import etsi014, views
+from . import etsi004, etsi014, views
 
 router = SimpleRouter(trailing_slash="/?")
 router.register("saes", views.SaeViewSet, basename="sae")
@@ -20,4 +20,8 @@ urlpatterns = [
     path("qkd/keys", views.SimpleKeyView.as_view(), name="qkd-keys"),
     path("qkd/keys/<str:key_id>", views.SimplePeerKeyView.as_view(), name="qkd-peer-key"),
     *router.urls,
+    # ETSI GS QKD 004 key streams, as REST like the Madrid SD-QKD stack (open_connect / get_key / close).
+    re_path(r"^etsi004/open_connect/?$", etsi004.OpenConnectView.as_view(), name="etsi004-open-connect"),
+    re_path(r"^etsi004/get_key/?$", etsi004.GetKeyView.as_view(), name="etsi004-get-key"),
+    re_path(r"^etsi004/close/?$", etsi004.CloseView.as_view(), name="etsi004-close"),
 ]

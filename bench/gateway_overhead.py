@@ -1,0 +1,121 @@
+"""Gateway overhead: the same ETSI 014 ``enc_keys`` request direct to the twin's KME vs through the portal.
+
+Direct: a backend SAE (twin certificate) asks its KME. Through the portal: a tenant's SAE (portal certificate)
+asks the portal's HTTPS mTLS listener, which authenticates it, checks the tenant's quota, takes the keys from
+the same KME, meters them and records the key IDs (auth + quota + ledger). Both in the same run, on the same
+pairs:
+
+- ``local``: both SAEs at CAIT (keys from the KME's entropy source, no link bounds the rate), so the figures
+  are the gateway's own capacity;
+- ``1-hop``: CAIT -> CCS over the cait-ccs link store (single-key latency only).
+
+Cases: single 256-bit key, 1 client: p50/p99 latency ratio (goal <= 1.5x); batches of the largest allowed keys
+(max_key_per_request x max_key_size): key bits/s (goal >= 110 Mbit/s through the portal); batches of 256-bit
+keys: keys/s (goal >= 0.8x of direct).
+
+    .venv/bin/python bench/gateway_overhead.py [--seconds 3] [--workers 2] [--threads 8] [--batch-clients 2]
+
+PostgreSQL when DATABASE_URL names one (a temporary database is created and dropped), else SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateway_common import Bench, LoadResult, run_load
+
+# tenant SAE -> backend SAE it maps onto (the portal holds sae-cait-1/-2 at CAIT, sae-ccs-1 at CCS)
+PAIRS = {
+    "local": (("bench-cait-a", "bench-cait-b"), ("sae-cait-1", "sae-cait-2")),
+    "1-hop": (("bench-cait-a", "bench-ccs"), ("sae-cait-1", "sae-ccs-1")),
+}
+TENANTS = {"bench": [("bench-cait-a", "CAIT"), ("bench-cait-b", "CAIT"), ("bench-ccs", "CCS")]}
+
+
+def row(case: str, pair: str, clients: int, direct: LoadResult, portal: LoadResult) -> dict:
+    return {
+        "case": case, "pair": pair, "clients": clients,
+        "direct": {"p50_ms": round(direct.p50_ms, 3), "p99_ms": round(direct.p99_ms, 3), "requests": direct.requests,
+                   "errors": direct.errors, "keys_per_s": round(direct.keys_per_s), "mbit_per_s":
+                   round(direct.mbit_per_s, 2)},
+        "portal": {"p50_ms": round(portal.p50_ms, 3), "p99_ms": round(portal.p99_ms, 3), "requests": portal.requests,
+                   "errors": portal.errors, "keys_per_s": round(portal.keys_per_s), "mbit_per_s":
+                   round(portal.mbit_per_s, 2), "error_samples": portal.error_samples},
+        "ratio": {"p50": round(portal.p50_ms / direct.p50_ms, 2), "p99": round(portal.p99_ms / direct.p99_ms, 2),
+                  "throughput": round(portal.keys_per_s / direct.keys_per_s, 3) if direct.keys else None},
+    }
+
+
+async def compare(bench: Bench, pair: str, clients: int, seconds: float, body: dict) -> tuple[LoadResult, LoadResult]:
+    (master, slave), (backend_master, backend_slave) = PAIRS[pair]
+    url, ctx = bench.direct(backend_master, backend_slave)
+    direct = await run_load(url, ctx, clients, seconds, body)
+    url, ctx = bench.through_portal(master, slave)
+    portal = await run_load(url, ctx, clients, seconds, body)
+    return direct, portal
+
+
+async def measure(bench: Bench, seconds: float, batch_clients: int) -> list[dict]:
+    limits = json.loads(json.dumps(bench.limits))
+    biggest = {"number": limits["max_key_per_request"], "size": limits["max_key_size"]}
+    many_small = {"number": limits["max_key_per_request"], "size": 256}
+    rows = []
+    for pair in ("local", "1-hop"):
+        direct, portal = await compare(bench, pair, 1, seconds, {"number": 1, "size": 256})
+        rows.append(row("1 x 256 bit", pair, 1, direct, portal))
+    direct, portal = await compare(bench, "local", batch_clients, seconds, biggest)
+    rows.append(row(f"{biggest['number']} x {biggest['size']} bit", "local", batch_clients, direct, portal))
+    direct, portal = await compare(bench, "local", batch_clients, seconds, many_small)
+    rows.append(row(f"{many_small['number']} x 256 bit", "local", batch_clients, direct, portal))
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'case':<18} {'pair':<6} {'cl':>2} | {'direct p50':>10} {'p99':>8} {'keys/s':>9} {'Mbit/s':>8} | "
+            f"{'portal p50':>10} {'p99':>8} {'keys/s':>9} {'Mbit/s':>8} | {'p50 x':>6} {'p99 x':>6} {'thr x':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        d, p, x = r["direct"], r["portal"], r["ratio"]
+        print(f"{r['case']:<18} {r['pair']:<6} {r['clients']:>2} | {d['p50_ms']:>8.2f}ms {d['p99_ms']:>6.2f}ms "
+              f"{d['keys_per_s']:>9,} {d['mbit_per_s']:>8.2f} | {p['p50_ms']:>8.2f}ms {p['p99_ms']:>6.2f}ms "
+              f"{p['keys_per_s']:>9,} {p['mbit_per_s']:>8.2f} | {x['p50']:>6.2f} {x['p99']:>6.2f} "
+              f"{x['throughput'] if x['throughput'] is not None else '-':>6}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per case and side")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (runstack: 2)")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (runstack: 8)")
+    parser.add_argument("--batch-clients", type=int, default=2, help="concurrent clients in the batched cases")
+    parser.add_argument("--time-scale", type=float, default=200.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with Bench(args.time_scale, args.workers, args.threads, TENANTS, key_bits_per_day=10**15) as bench:
+        import requests
+
+        url, _ = bench.direct("sae-cait-1", "sae-cait-2", "status")
+        entry = bench.endpoints["saes"]["sae-cait-1"]
+        bench.limits = requests.get(url, cert=(entry["cert"], entry["key"]), verify=bench.endpoints["ca"],
+                                    timeout=10).json()
+        rows = asyncio.run(measure(bench, args.seconds, args.batch_clients))
+        result = {"setup": {**bench.describe(), "seconds_per_case": args.seconds, "time_scale": args.time_scale},
+                  "rows": rows}
+    print(f"database: {result['setup']['database']}; portal: {result['setup']['portal_listener']}, "
+          f"{args.workers} workers x {args.threads} threads; {args.seconds:g} s per case and side")
+    print_table(rows)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""ETSI GS QKD 004 key streams as a service: ``open_connect`` / ``get_key`` / ``close`` for tenants' SAEs.
+
+A portal key stream maps onto a backend 004 stream between the portal's SAEs at the two KMEs (the same pairing
+as ETSI 014, ``delivery.backend_pair``). The backend KME holds the stream's chunks; the portal keeps metadata
+only (its ``KeyStream`` row: Key_stream_IDs, SAEs, negotiated QoS, expiry, indexes) and hands each chunk from
+the backend to the calling SAE without storing, caching or logging it. The backend Key_stream_ID is the
+portal's own: tenants name streams with their own IDs, so one tenant can never reach another's backend stream,
+and another tenant's Key_stream_ID is indistinguishable from an unknown one.
+
+Metering: ``key_streams`` (concurrent) is consumed on open and released once, on close or TTL expiry;
+each chunk index is metered once in ``qkd_key_bits`` (idempotency key per stream and index), whichever SAE
+reads it first; the peer reading the same index is not charged again. Bad input is refused before anything
+reaches the backend, so it costs nothing and loses no chunk.
+
+Rate: chunk ``i`` is due ``(i + 1 - burst) * chunk_bits / Max_bps`` seconds after both SAEs connected (a token
+bucket of ``BURST_S`` seconds). A ``get_key`` ahead of that waits within the QoS ``Timeout`` or gets status 2,
+so no SAE draws link key faster than its stream's ``Max_bps``. The Celery task ``fill_streams`` makes the
+chunks that fall due in the next ``FILL_AHEAD_S`` seconds at the backend ahead of time, so ``get_key``
+answers from the backend's buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from portal.errors import BadRequest, Forbidden, ServiceUnavailable
+from tenants import quota
+from tenants.models import UsageRecord
+
+from . import registry
+from .delivery import backend_pair, tenant_sae
+from .models import KeyStream, QkdNode, Sae
+from .sdqkd import client004
+from .sdqkd.client import KmeRejected, KmeUnavailable
+from .sdqkd.client004 import Kme004Client, StreamAnswer
+
+log = logging.getLogger(__name__)
+
+KEY_METER = "qkd_key_bits"
+STREAM_METER = "key_streams"
+
+QOS_DEFAULTS: dict[str, Any] = {
+    "Key_chunk_size": 32, "Max_bps": 40000, "Min_bps": 5000, "Jitter": 10, "Priority": 0, "Timeout": 5000,
+    "TTL": 3600, "Metadata_mimetype": "application/json",
+}
+QOS_INTEGERS = ("Key_chunk_size", "Max_bps", "Min_bps", "Jitter", "Priority", "Timeout", "TTL")
+MAX_CHUNK_BYTES = 8192
+MAX_TTL_S = 7 * 24 * 3600
+MAX_WAIT_S = 10.0  # longest a get_key waits for its chunk to fall due (the backend has its own bound)
+MAX_INDEX = 2**31 - 2  # next_index (index + 1) must fit a PositiveIntegerField
+BURST_S = 1.0  # a stream may run this many seconds of Max_bps ahead of its schedule
+FILL_AHEAD_S = 2.0  # the filler makes chunks due within this horizon
+MAX_AHEAD_CHUNKS = 64  # and never more than this many beyond the highest index read
+FILL_BUDGET_S = 5.0  # wall-clock budget of one filler run over all streams
+ROUTE_FIELDS = ("hops", "path")
+LIVE = (KeyStream.State.OPENED, KeyStream.State.CONNECTED)
+
+
+# -- input --------------------------------------------------------------------------------------------------
+def sae_name(uri: Any, field: str) -> str:
+    """``sae://ID``, ``qkd://ID`` or a bare SAE ID."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise BadRequest(f"{field} must be an SAE URI (sae://<SAE ID>)", details=[{field: uri}])
+    return uri.split("://", 1)[1].strip("/") if "://" in uri else uri.strip()
+
+
+def parse_ksid(value: Any, *, required: bool = True) -> uuid.UUID | None:
+    if value in (None, ""):
+        if required:
+            raise BadRequest("Key_stream_ID is required")
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise BadRequest("Key_stream_ID must be a UUID", details=[{"Key_stream_ID": str(value)[:64]}]) from None
+
+
+def optional_int(value: Any, name: str, maximum: int = MAX_INDEX) -> int | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise BadRequest(f"{name} must be a non-negative integer", details=[{name: value}])
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be a non-negative integer", details=[{name: str(value)[:64]}]) from None
+    if not 0 <= number <= maximum:
+        raise BadRequest(f"{name} must be between 0 and {maximum}", details=[{name: number}])
+    return number
+
+
+def validate_qos(raw: Any) -> dict[str, Any]:
+    """The requested QoS with ETSI defaults filled in; refuses what no KME could honour."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadRequest("QoS must be an object")
+    unknown = sorted(set(raw) - set(QOS_DEFAULTS))
+    if unknown:
+        raise BadRequest("unknown QoS field(s)", details=[{"unknown": unknown}])
+    qos = {**QOS_DEFAULTS, **raw}
+    for name in QOS_INTEGERS:
+        value = qos[name]
+        if isinstance(value, float) and value.is_integer():
+            value = qos[name] = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadRequest(f"QoS {name} must be a non-negative integer", details=[{name: value}])
+    if not 1 <= qos["Key_chunk_size"] <= MAX_CHUNK_BYTES:
+        raise BadRequest(f"QoS Key_chunk_size must be 1..{MAX_CHUNK_BYTES} bytes",
+                         details=[{"Key_chunk_size": qos["Key_chunk_size"]}])
+    if not 1 <= qos["TTL"] <= MAX_TTL_S:
+        raise BadRequest(f"QoS TTL must be 1..{MAX_TTL_S} seconds", details=[{"TTL": qos["TTL"]}])
+    if qos["Max_bps"] < 1:
+        raise BadRequest("QoS Max_bps must be at least 1")
+    if qos["Min_bps"] > qos["Max_bps"]:
+        raise BadRequest("QoS Min_bps exceeds Max_bps",
+                         details=[{"Min_bps": qos["Min_bps"], "Max_bps": qos["Max_bps"]}])
+    if not isinstance(qos["Metadata_mimetype"], str) or len(qos["Metadata_mimetype"]) > 100:
+        raise BadRequest("QoS Metadata_mimetype must be a string of at most 100 characters")
+    return qos
+
+
+# -- backend ------------------------------------------------------------------------------------------------
+def backend(node: QkdNode) -> Kme004Client:
+    return Kme004Client(registry.client_for(node))
+
+
+def _backend_error(exc: KmeRejected | KmeUnavailable, node: QkdNode) -> ServiceUnavailable:
+    # The caller's input was validated here first: a refusal by the KME is the backend's state, not the caller's.
+    return ServiceUnavailable(f"the KME of {node.node_id} cannot serve the key stream now: {exc.message}")
+
+
+def _side(stream: KeyStream, caller: Sae) -> str:
+    return "source" if caller.pk == stream.source_id else "destination"
+
+
+def _backend_identity(stream: KeyStream, side: str) -> tuple[QkdNode, str]:
+    if side == "source":
+        return stream.source.node, stream.backend_source_sae
+    return stream.destination.node, stream.backend_destination_sae
+
+
+# -- rate ---------------------------------------------------------------------------------------------------
+def chunk_bits(stream: KeyStream) -> int:
+    return int(stream.qos["Key_chunk_size"]) * 8
+
+
+def burst_chunks(stream: KeyStream) -> int:
+    return max(1, math.ceil(BURST_S * stream.qos["Max_bps"] / chunk_bits(stream)))
+
+
+def due_at(stream: KeyStream, index: int) -> datetime:
+    """When chunk ``index`` may be handed out at the stream's Max_bps."""
+    ahead = max(0, index + 1 - burst_chunks(stream))
+    return stream.connected_at + timedelta(seconds=ahead * chunk_bits(stream) / stream.qos["Max_bps"])
+
+
+def last_due_index(stream: KeyStream, at: datetime) -> int:
+    elapsed = max(0.0, (at - stream.connected_at).total_seconds())
+    return burst_chunks(stream) - 1 + math.floor(elapsed * stream.qos["Max_bps"] / chunk_bits(stream))
+
+
+# -- views of a stream --------------------------------------------------------------------------------------
+def _answer(stream: KeyStream | None, status: int, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": status, "Key_stream_ID": str(stream.ksid) if stream else None}
+    out.update(extra)
+    return out
+
+
+def _live_stream(caller: Sae, ksid: uuid.UUID) -> KeyStream:
+    """The caller's tenant's stream ``ksid`` that the caller is an application of.
+
+    Another tenant's stream, a closed one and none at all get the same answer."""
+    try:
+        stream = (KeyStream.objects.for_tenant(caller.tenant).select_related("source__node", "destination__node")
+                  .exclude(state=KeyStream.State.CLOSED).get(ksid=ksid))
+    except KeyStream.DoesNotExist:
+        raise BadRequest("unknown Key_stream_ID", details=[{"Key_stream_ID": str(ksid)}]) from None
+    stream.tenant = caller.tenant  # the same row, already loaded
+    if caller.pk not in (stream.source_id, stream.destination_id):
+        raise Forbidden("the calling SAE is not an application of this key stream")
+    return stream
+
+
+def metered_chunks(stream: KeyStream) -> int:
+    """Chunk indexes charged so far (from the usage ledger, the single source of truth)."""
+    return UsageRecord.objects.for_tenant(stream.tenant_id).filter(
+        idempotency_key__startswith=f"etsi004:{stream.backend_ksid}:", kind=UsageRecord.Kind.CONSUME).count()
+
+
+# -- OPEN_CONNECT -------------------------------------------------------------------------------------------
+def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
+    """Open a stream from ``caller`` (status 1: wait for the peer) or join one as its peer (status 0)."""
+    tenant = caller.tenant
+    source_name = sae_name(body.get("source"), "source")
+    destination_name = sae_name(body.get("destination"), "destination")
+    if source_name != caller.name:
+        raise Forbidden("source must be the calling SAE", details=[{"source": source_name}])
+    ksid = parse_ksid(body.get("Key_stream_ID"), required=False)
+    existing = None
+    if ksid is not None:
+        existing = KeyStream.objects.for_tenant(tenant).select_related(
+            "source__node", "destination__node").filter(ksid=ksid).first()
+    if existing is not None:
+        return _join(existing, caller, destination_name)
+    qos = validate_qos(body.get("QoS"))
+    destination = tenant_sae(tenant, destination_name, "destination")
+    if destination.pk == caller.pk:
+        raise BadRequest("source and destination must be different SAEs")
+    pair = backend_pair(caller, destination)
+    quota.check(tenant, STREAM_METER, 1)  # before anything is opened at the backend
+    backend_ksid = uuid.uuid4()
+    try:
+        answer = backend(pair.master_node).open_connect(
+            pair.master_sae, pair.slave_sae, qos=qos, key_stream_id=str(backend_ksid), acting_as=pair.master_sae)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise _backend_error(exc, pair.master_node) from None
+    if answer.status in (client004.QOS_NOT_MET, client004.NO_QKD_CONNECTION):
+        offer = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
+        return {"status": answer.status, "Key_stream_ID": None, "QoS": offer}
+    if answer.status != client004.PEER_NOT_CONNECTED:
+        raise ServiceUnavailable(f"the KME of {pair.master_node.node_id} answered open_connect with status "
+                                 f"{answer.status}", details=[{"status": answer.status}])
+    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            quota.consume(tenant, STREAM_METER, 1, f"etsi004-open:{backend_ksid}",
+                          reference=f"etsi004:{caller.name}->{destination.name}")
+            stream = KeyStream.objects.create(
+                tenant=tenant, ksid=ksid or uuid.uuid4(), backend_ksid=backend_ksid, source=caller,
+                destination=destination, backend_source_sae=pair.master_sae, backend_destination_sae=pair.slave_sae,
+                qos=negotiated, expires_at=now + timedelta(seconds=negotiated["TTL"]))
+    except IntegrityError:  # a concurrent open_connect took the proposed Key_stream_ID first
+        _close_at_backend(pair.master_node, str(backend_ksid), pair.master_sae)
+        return {"status": client004.KSID_IN_USE, "Key_stream_ID": str(ksid), "QoS": qos}
+    except Exception:
+        # Refused (quota race) or not recorded: the backend stream must not outlive the refusal.
+        _close_at_backend(pair.master_node, str(backend_ksid), pair.master_sae)
+        raise
+    return _answer(stream, client004.PEER_NOT_CONNECTED, QoS=negotiated)
+
+
+def _join(stream: KeyStream, caller: Sae, destination_name: str) -> dict[str, Any]:
+    if stream.state in LIVE and timezone.now() >= stream.expires_at:
+        expire(stream)
+        return _answer(stream, client004.TIMEOUT, QoS=stream.qos)
+    if (stream.state != KeyStream.State.OPENED or caller.pk != stream.destination_id
+            or destination_name != stream.source.name):
+        return _answer(stream, client004.KSID_IN_USE, QoS=stream.qos)
+    node, backend_sae = _backend_identity(stream, "destination")
+    try:
+        answer = backend(node).open_connect(backend_sae, stream.backend_source_sae, qos=None,
+                                            key_stream_id=str(stream.backend_ksid), acting_as=backend_sae)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise _backend_error(exc, node) from None
+    if answer.status == client004.TIMEOUT:
+        expire(stream)
+    if answer.status != client004.SUCCESSFUL:
+        return _answer(stream, answer.status, QoS=stream.qos)
+    joined = KeyStream.objects.for_tenant(stream.tenant_id).filter(
+        pk=stream.pk, state=KeyStream.State.OPENED).update(state=KeyStream.State.CONNECTED,
+                                                          connected_at=timezone.now())
+    if not joined:  # closed meanwhile
+        return _answer(stream, client004.KSID_IN_USE, QoS=stream.qos)
+    return _answer(stream, client004.SUCCESSFUL, QoS=stream.qos)
+
+
+# -- GET_KEY ------------------------------------------------------------------------------------------------
+def _metadata(stream: KeyStream, index: int, route: dict[str, Any]) -> dict[str, Any]:
+    return {"Key_stream_ID": str(stream.ksid), "index": index, "mimetype": stream.qos["Metadata_mimetype"],
+            **{k: route[k] for k in ROUTE_FIELDS if k in route}}
+
+
+def _size(metadata: dict[str, Any]) -> int:
+    return len(json.dumps(metadata, separators=(",", ":")).encode())
+
+
+def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
+    """The chunk ``index`` (default: the caller's next) of the stream; the same bytes for both SAEs."""
+    ksid = parse_ksid(params.get("Key_stream_ID") or params.get("key_stream_id"))
+    index = optional_int(params.get("index"), "index")
+    metadata_size = optional_int(params.get("metadata_size"), "metadata_size", maximum=1 << 20)
+    stream = _live_stream(caller, ksid)
+    if stream.state == KeyStream.State.EXPIRED:
+        return _answer(stream, client004.TIMEOUT, message="key stream TTL expired")
+    now = timezone.now()
+    if now >= stream.expires_at:
+        expire(stream)
+        return _answer(stream, client004.TIMEOUT, message="key stream TTL expired")
+    if stream.state == KeyStream.State.OPENED:
+        return _answer(stream, client004.PEER_NOT_YET_CONNECTED)
+    side = _side(stream, caller)
+    if index is None:
+        index = getattr(stream, f"next_index_{side}")
+    # Metadata that would not fit is refused before the chunk leaves the backend (it stays readable).
+    predicted = _size(_metadata(stream, index, stream.route))
+    if metadata_size is not None and metadata_size < predicted:
+        return _answer(stream, client004.METADATA_TOO_SMALL, index=index, metadata_size_needed=predicted)
+    bits = chunk_bits(stream)
+    metering_key = f"etsi004:{stream.backend_ksid}:{index}"
+    if not UsageRecord.objects.for_tenant(stream.tenant_id).filter(idempotency_key=metering_key).exists():
+        quota.check(stream.tenant, KEY_METER, bits)
+    # Rate shaping at Max_bps: wait for the chunk to fall due within the QoS Timeout, or say status 2.
+    wait = (due_at(stream, index) - now).total_seconds()
+    if wait > 0:
+        if wait > min(MAX_WAIT_S, stream.qos["Timeout"] / 1000):
+            return _answer(stream, client004.INSUFFICIENT_KEY, index=index,
+                           message=f"chunk {index} is due in {wait:.3f} s at the stream's Max_bps")
+        time.sleep(wait)
+    node, backend_sae = _backend_identity(stream, side)
+    try:
+        answer = backend(node).get_key(str(stream.backend_ksid), index=index, acting_as=backend_sae)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise _backend_error(exc, node) from None
+    if answer.status == client004.TIMEOUT:
+        expire(stream)
+    if answer.status != client004.SUCCESSFUL:
+        return _answer(stream, answer.status, index=index, message=answer.message or "the KME has no chunk now")
+    if not answer.key_buffer or answer.index not in (None, index):
+        raise ServiceUnavailable(f"the KME of {node.node_id} returned a malformed chunk")
+    route = {k: answer.metadata[k] for k in ROUTE_FIELDS if answer.metadata and k in answer.metadata}
+    with transaction.atomic():
+        quota.consume(stream.tenant, KEY_METER, bits, metering_key,
+                      reference=f"etsi004:{stream.ksid}:{index}")
+        KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(
+            **{f"next_index_{side}": Greatest(F(f"next_index_{side}"), index + 1)},
+            highest_index=Greatest(F("highest_index"), index), route=route)
+    metadata = _metadata(stream, index, route)
+    if metadata_size is not None and _size(metadata) > metadata_size:
+        metadata = _metadata(stream, index, {})  # the route changed: keep the chunk, drop the route fields
+    return _answer(stream, client004.SUCCESSFUL, index=index, key_buffer=answer.key_buffer, Metadata=metadata)
+
+
+# -- CLOSE and expiry ---------------------------------------------------------------------------------------
+def _close_at_backend(node: QkdNode, backend_ksid: str, backend_sae: str) -> None:
+    """Best effort: a backend that already forgot the stream (TTL, restart) is fine."""
+    try:
+        backend(node).close(backend_ksid, acting_as=backend_sae)
+    except (KmeRejected, KmeUnavailable) as exc:
+        log.info("closing backend key stream %s at %s: %s", backend_ksid, node.node_id, exc.message)
+
+
+def _finish(stream: KeyStream, state: str) -> bool:
+    """Mark the stream closed/expired and give back its ``key_streams`` slot, exactly once."""
+    with transaction.atomic():
+        won = KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk, state__in=LIVE).update(
+            state=state, closed_at=timezone.now())
+        if won:
+            quota.release(stream.tenant, STREAM_METER, 1, f"etsi004-release:{stream.backend_ksid}",
+                          reference=f"etsi004:{stream.ksid}:{state}")
+    stream.state = state if won else stream.state
+    return bool(won)
+
+
+def close(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
+    """Close the stream at both ends (either SAE may) and release everything."""
+    stream = _live_stream(caller, parse_ksid(body.get("Key_stream_ID") or body.get("key_stream_id")))
+    if stream.state in LIVE:
+        node, backend_sae = _backend_identity(stream, _side(stream, caller))
+        _close_at_backend(node, str(stream.backend_ksid), backend_sae)
+        _finish(stream, KeyStream.State.CLOSED)
+    else:  # expired: closing it forgets it
+        KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(state=KeyStream.State.CLOSED)
+    return _answer(stream, client004.SUCCESSFUL)
+
+
+def expire(stream: KeyStream) -> bool:
+    node, backend_sae = _backend_identity(stream, "source")
+    _close_at_backend(node, str(stream.backend_ksid), backend_sae)
+    return _finish(stream, KeyStream.State.EXPIRED)
+
+
+def expire_streams(now: datetime | None = None) -> int:
+    """Expire every live stream past its TTL (periodic job, all tenants)."""
+    now = now or timezone.now()
+    due = KeyStream.objects.unscoped().select_related("tenant", "source__node", "destination__node").filter(
+        state__in=LIVE, expires_at__lte=now)
+    return sum(1 for stream in due if expire(stream))
+
+
+# -- filling the backend's buffer ---------------------------------------------------------------------------
+def prefetch_supported(node: QkdNode) -> bool:
+    # Prefetch asks get_key with metadata_size=0: the twin makes the chunk at both ends and answers status 8
+    # without handing it out. A KME that hands the chunk out anyway would lose it for the source SAE, so only
+    # KMEs known to behave (the embedded twin) are asked.
+    return node.source == "twin"
+
+
+def fill_stream(stream: KeyStream, deadline: float, now: datetime | None = None) -> int:
+    """Make the chunks due within ``FILL_AHEAD_S`` at the backend ahead of time; the material stays there."""
+    now = now or timezone.now()
+    node = stream.source.node
+    if stream.state != KeyStream.State.CONNECTED or not prefetch_supported(node):
+        return 0
+    start = max(stream.prefetched_to, stream.highest_index) + 1
+    end = min(last_due_index(stream, now + timedelta(seconds=FILL_AHEAD_S)),
+              stream.highest_index + MAX_AHEAD_CHUNKS)
+    client, made = backend(node), 0
+    for index in range(start, end + 1):
+        if time.monotonic() >= deadline:
+            break
+        try:
+            answer: StreamAnswer = client.get_key(str(stream.backend_ksid), index=index, metadata_size=0,
+                                                  acting_as=stream.backend_source_sae)
+        except (KmeRejected, KmeUnavailable) as exc:
+            log.info("prefetching key stream %s: %s", stream.backend_ksid, exc.message)
+            break
+        if answer.status != client004.METADATA_TOO_SMALL:
+            # 2: the links cannot keep up now; anything else: nothing more to do this round. A status 0 would
+            # mean the KME handed the chunk out: it is dropped here, never kept.
+            answer.key_buffer = None
+            break
+        made += 1
+        KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(
+            prefetched_to=Greatest(F("prefetched_to"), index))
+    return made
+
+
+def fill_streams(budget_s: float = FILL_BUDGET_S) -> int:
+    """One filler round over all connected streams (periodic job, all tenants); returns chunks made."""
+    deadline = time.monotonic() + budget_s
+    now = timezone.now()
+    live = KeyStream.objects.unscoped().select_related("source__node").filter(
+        state=KeyStream.State.CONNECTED, expires_at__gt=now).order_by("prefetched_to")
+    return sum(fill_stream(stream, deadline, now) for stream in live)
