@@ -16,6 +16,7 @@ urlpatterns = [
     path("tokens/", views.token_page, name="tokens"),
     path("usage/", views.usage_page, name="usage"),
     path("services/", views.services_page, name="services"),
+    path("entropy/", include("qrng.urls")),
     path("operator/tenants/", views.operator_tenants, name="operator-tenants"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
@@ -28,4 +29,5 @@ urlpatterns = [
     path("api/", include("tenants.api.urls")),
     path("api/qkd/network/", NetworkView.as_view(), name="qkd-network"),
     path("api/", include("services.api.urls")),
+    path("api/", include("qrng.api.urls")),
 ]

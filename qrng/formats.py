@@ -280,6 +280,40 @@ def render(format: str, read: Reader, params: dict[str, Any]) -> Formatted:
     raise FormatError(f"format must be one of {FORMATS}, got {format!r}")
 
 
+def minimum_consumption(format: str, params: dict[str, Any]) -> int:
+    """Entropy bytes a request will consume at least (exactly, except ``int``, whose rejected draws add more).
+
+    For a quota pre-check before anything is drawn. Parameters are validated by ``render`` (this returns 1
+    for anything it cannot size, so a bad request still reaches ``render`` and its 400).
+    """
+    count = params.get("count", 1)
+    if not isinstance(count, int) or count < 1:
+        return 1
+    if format in ("raw", "hex", "base64"):
+        n = params.get("bytes", 32)
+        return n if isinstance(n, int) and n >= 1 else 1
+    if format.startswith("uint") and format[4:] in ("8", "16", "32", "64"):
+        return count * int(format[4:]) // 8
+    if format == "int":
+        low, high = params.get("min"), params.get("max")
+        if isinstance(low, int) and isinstance(high, int) and high >= low:
+            return count * (4 if high - low + 1 <= 2**32 else 8)
+        return 1
+    if format == "float":
+        return 8 * count
+    if format == "normal":
+        return 16 * -(-count // 2)
+    if format == "seed":
+        bits = params.get("bits", 256)
+        return bits // 8 if bits in SEED_BITS else 1
+    return 1
+
+
+def anu_consumption(length: int, type: str, size: int = 1) -> int:
+    """Entropy bytes of an ANU-shaped request (exact)."""
+    return {"uint8": length, "uint16": 2 * length}.get(type, length * size)
+
+
 def describe_formats() -> dict:
     """Formats and limits, for the capabilities endpoint."""
     return {

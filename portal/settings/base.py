@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "portal",
     "tenants",
     "services",
+    "qrng",
 ]
 
 MIDDLEWARE = [
@@ -138,6 +139,7 @@ CELERY_BEAT_SCHEDULE = {
     "expire-api-tokens": {"task": "tenants.tasks.expire_api_tokens", "schedule": 300.0},
     "rollup-usage-hourly": {"task": "tenants.tasks.rollup_usage", "schedule": 600.0},
     "maintain-key-streams": {"task": "services.tasks.maintain_key_streams", "schedule": 2.0},
+    "fill-entropy-pool": {"task": "qrng.tasks.fill_pool", "schedule": 2.0},
 }
 
 # --- Auth (django-allauth with MFA) ---------------------------------------------------------------
@@ -208,6 +210,17 @@ QKD_TWIN_STATE_DIR = env.str("QKD_TWIN_STATE_DIR", default=str(VAR_DIR / "twin")
 QKD_AUTO_REGISTER_TWIN = env.bool("QKD_AUTO_REGISTER_TWIN", default=True)
 # The ETSI 014 HTTPS listener with client-certificate authentication (gunicorn, started by make run).
 ETSI_HTTPS_PORT = env.int("ETSI_HTTPS_PORT", default=8443)
+
+# --- QRNG entropy (docs/qrng.md) ---------------------------------------------------------------------
+# QRNG_SOURCES: the operator's sources as a JSON list; unset = the embedded twin's QRNG, labelled simulated.
+QRNG_SOURCES = env.str("QRNG_SOURCES", default="")
+QRNG_TWIN_NODE = env.str("QRNG_TWIN_NODE", default="")  # twin node serving entropy (default: the first)
+QRNG_MAX_REQUEST_BYTES = env.int("QRNG_MAX_REQUEST_BYTES", default=1 << 30)  # one streamed request
+QRNG_POOL_TARGET_BYTES = env.int("QRNG_POOL_TARGET_BYTES", default=16 << 20)
+QRNG_POOL_CHUNK_BYTES = env.int("QRNG_POOL_CHUNK_BYTES", default=1 << 20)
+QRNG_POOL_KEY = env.str("QRNG_POOL_KEY", default="qxaas:qrng:pool")  # Redis key prefix of the shared pool
+# A filler thread in each process keeping its local pool full (without Redis; with Redis, beat fills the pool).
+QRNG_POOL_FILLER_THREAD = env.bool("QRNG_POOL_FILLER_THREAD", default=False)
 
 # --- i18n, static -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -181,3 +181,81 @@ def mtls_twin(tmp_path):
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+# -- the Django layer: tenants with entropy tokens, sources configured per test ------------------------------
+
+from tests.tenants.conftest import client_for, make_tenant, make_user, member  # noqa: E402, F401
+
+ENTROPY_PER_DAY = 64 << 20
+
+
+@pytest.fixture
+def plan(db):
+    """A plan with 64 MiB of entropy a day (the tenants' test plan has 10^6 bytes, less than 1 MiB)."""
+    from tenants.models import Plan
+    from tenants.services import set_plan_limits
+
+    plan = Plan.objects.create(name="Entropy test", slug="entropy-test")
+    set_plan_limits(plan, {
+        "qkd_key_bits.day": 10_000, "qkd_key_bits.month": 100_000, "entropy_bytes.day": ENTROPY_PER_DAY,
+        "entropy_bytes.month": -1, "ipsec_tunnels": 2, "tls_sessions": 2, "key_streams": 2,
+    })
+    return plan
+
+
+@pytest.fixture
+def use_sources(settings):
+    """Configure the portal's entropy sources for one test (a fresh service and a private pool)."""
+    import uuid
+
+    from qrng import runtime
+
+    settings.QRNG_POOL_KEY = f"qxaas:test-qrng:{uuid.uuid4().hex}"
+    runtime.reset_service()
+
+    def use(configs: list[dict]) -> None:
+        settings.QRNG_SOURCES = json.dumps(configs)
+        runtime.reset_service()
+
+    yield use
+    runtime.reset_service()  # also drops what the test left in the (Redis) pool
+
+
+@pytest.fixture
+def random_file(tmp_path):
+    """A file of seeded random bytes as a device source: deterministic, and every served byte can be located."""
+
+    def make(size: int = 4 << 20, seed: int = 5, name: str = "qrng.bin") -> tuple[str, bytes]:
+        data = np.random.default_rng(seed).bytes(size)
+        path = tmp_path / name
+        path.write_bytes(data)
+        return str(path), data
+
+    return make
+
+
+class Lab:
+    def __init__(self, tenant, owner, client):
+        self.tenant, self.owner, self.client = tenant, owner, client
+
+    def get(self, url: str, **kwargs):
+        return self.client.get(url, **kwargs)
+
+    def ledger(self) -> list:
+        from tenants.models import UsageRecord
+
+        return list(UsageRecord.objects.for_tenant(self.tenant).filter(meter="entropy_bytes").order_by("id"))
+
+    def charged(self) -> int:
+        return sum(r.quantity for r in self.ledger())
+
+
+@pytest.fixture
+def make_lab(make_tenant, member, client_for):  # noqa: F811
+    def make(slug: str, scopes: list[str] | None = None) -> Lab:
+        tenant = make_tenant(slug)
+        owner = member(tenant, f"{slug}-owner")
+        return Lab(tenant, owner, client_for(owner, tenant, scopes or ["entropy:read"]))
+
+    return make

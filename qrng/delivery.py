@@ -1,0 +1,133 @@
+"""Entropy for a tenant: draw or stream from the process's service, metered on ``entropy_bytes``.
+
+Metering rules (one ledger row per request, idempotency key ``entropy:<request id>``):
+
+- Bounded requests (JSON formats, ANU): a quota pre-check (records nothing, draws nothing) answers 429
+  before any entropy leaves the pool; then the draw; then ``consume`` of exactly the bytes the draw took
+  (rejected integer draws and a discarded odd normal deviate included). A draw that fails (no healthy
+  source: 503) records nothing. If ``consume`` still refuses (a concurrent request took the rest of the
+  quota), the drawn bytes are dropped unserved and the answer is 429.
+- Streams (raw; hex/base64 above the JSON cap): pre-check, then the first chunk is fetched (503 before any
+  header, nothing recorded), then the whole requested amount is reserved with ``consume``. When the stream
+  ends early (the client disconnected, a source failed mid-stream), ``release`` gives back what never left
+  the pool, as a second row ``entropy-release:<request id>``: the ledger's sum is the bytes taken out of the
+  pool for the tenant, which are never served to anyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+
+from portal.errors import ApiError, BadRequest, QuotaExceeded, ServiceUnavailable
+from qrng import formats, runtime
+from qrng.formats import FormatError
+from qrng.service import Draw, http_status, retry_after
+from qrng.sources import EntropySourceError
+from tenants import quota
+from tenants.models import Tenant, UsageRecord
+
+log = logging.getLogger(__name__)
+
+METER = "entropy_bytes"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The portal's error for an error of the QRNG core: 400 for parameters, 503 (+ Retry-After) for sources."""
+    status = http_status(exc)
+    if status == 400:
+        return BadRequest(str(exc))
+    if status == 503:
+        seconds = retry_after(exc) or 5
+        return ServiceUnavailable(str(exc), headers={"Retry-After": str(seconds)},
+                                  details={"retry_after_seconds": seconds})
+    raise exc
+
+
+def _consume(tenant: Tenant, amount: int, request_id: str, reference: str) -> UsageRecord:
+    return quota.consume(tenant, METER, amount, f"entropy:{request_id}", reference=reference)
+
+
+def draw(tenant: Tenant, format: str, params: dict[str, Any], request_id: str) -> Draw:
+    """A bounded request, metered once for exactly the entropy it consumed."""
+    try:
+        service = runtime.get_service()
+        quota.check(tenant, METER, formats.minimum_consumption(format, params))
+        result = service.draw(format, params, request_id=request_id)
+    except (FormatError, EntropySourceError) as exc:
+        raise as_api_error(exc) from exc
+    _consume(tenant, result.consumed, request_id, f"{format}: {result.consumed} bytes")
+    return result
+
+
+def anu(tenant: Tenant, length: int, type: str, size: int, request_id: str) -> Draw:
+    """The ANU-compatible request, metered like ``draw``."""
+    try:
+        service = runtime.get_service()
+        quota.check(tenant, METER, formats.anu_consumption(length, type, size))
+        result = service.anu(length, type, size, request_id=request_id)
+    except (FormatError, EntropySourceError) as exc:
+        raise as_api_error(exc) from exc
+    _consume(tenant, result.consumed, request_id, f"anu {type}: {result.consumed} bytes")
+    return result
+
+
+class MeteredStream:
+    """The body of a streamed response: encoded chunks, with the unserved remainder released on close.
+
+    Django registers ``close`` as a resource closer of the ``StreamingHttpResponse``; the WSGI server calls
+    it when the response ends, completely or not (a client that hangs up).
+    """
+
+    def __init__(self, tenant: Tenant, n: int, encoding: str, request_id: str):
+        self.tenant, self.n, self.encoding, self.request_id = tenant, n, encoding, request_id
+        try:
+            quota.check(tenant, METER, n)
+            self._chunks, self.provenance, self._stream = runtime.get_service().stream(
+                n, encoding, settings.QRNG_POOL_CHUNK_BYTES)
+        except (FormatError, EntropySourceError) as exc:
+            raise as_api_error(exc) from exc
+        try:
+            self.record = _consume(tenant, n, request_id, f"{encoding} stream: {n} bytes")
+        except QuotaExceeded:
+            self._chunks.close()  # the first chunk was fetched but is never served
+            raise
+        self._closed = False
+
+    @property
+    def bytes_served(self) -> int:
+        return self._stream.bytes_served
+
+    def content_length(self) -> int:
+        if self.encoding == "hex":
+            return 2 * self.n
+        if self.encoding == "base64":
+            return 4 * -(-self.n // 3)
+        return self.n
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks
+        except EntropySourceError as exc:
+            # Headers are sent: the only honest signal left is a body shorter than Content-Length.
+            log.warning("entropy stream %s cut after %d of %d bytes: %s",
+                        self.request_id, self.bytes_served, self.n, exc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._chunks.close()
+        unserved = self.n - self.bytes_served
+        if unserved > 0:
+            quota.release(self.tenant, METER, unserved, f"entropy-release:{self.request_id}",
+                          reference=f"{self.encoding} stream cut: {unserved} of {self.n} bytes unserved",
+                          consumed_at=self.record.created_at)

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.entropy_page, name="entropy"),
+    path("quality/<uuid:report_id>/", views.quality_report_page, name="entropy-quality-report"),
+]

@@ -1,0 +1,61 @@
+"""Web pages: "Entropy" for researchers (sources, health, capabilities, curl examples, quality reports)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_http_methods
+
+from portal.errors import ApiError
+from portal.views import _web_tenant
+from qrng import quality, reports, runtime
+from qrng.models import QualityReport
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def entropy_page(request: HttpRequest) -> HttpResponse:
+    ctx = _web_tenant(request)
+    if request.method == "POST" and ctx is not None:
+        try:
+            if request.POST.get("reset") and request.user.is_staff:
+                closed = runtime.reset_source(request.POST["reset"], request.user)
+                messages.success(request, f"Source {request.POST['reset']} reset ({closed} alarms closed).")
+                return redirect("entropy")
+            if ctx.role not in ("owner", "admin", "member") and not request.user.is_staff:
+                raise ApiError("your role cannot start quality reports")
+            report = reports.start_report(ctx.tenant, int(request.POST.get("bytes") or quality.DEFAULT_REPORT_BYTES),
+                                          request.POST.get("source", ""), request.user)
+            return redirect("entropy-quality-report", report_id=report.id)
+        except ApiError as exc:
+            messages.error(request, exc.message)
+        except ValueError:
+            messages.error(request, "bytes must be a whole number")
+    capabilities = runtime.capabilities()
+    context = {
+        "tenant_context": ctx,
+        "capabilities": capabilities,
+        "base_url": request.build_absolute_uri("/api/").rstrip("/"),
+        "default_report_bytes": quality.DEFAULT_REPORT_BYTES,
+        "max_report_bytes": quality.MAX_REPORT_BYTES,
+    }
+    if ctx is not None:
+        context["reports"] = QualityReport.objects.for_tenant(ctx.tenant)[:20]
+    return render(request, "qrng/entropy.html", context)
+
+
+@login_required
+def quality_report_page(request: HttpRequest, report_id) -> HttpResponse:
+    ctx = _web_tenant(request)
+    report = None if ctx is None else QualityReport.objects.for_tenant(ctx.tenant).filter(pk=report_id).first()
+    if report is None:
+        raise Http404("no such report")
+    # report_svg builds its markup itself and escapes every text it takes from the report.
+    plot = mark_safe(quality.report_svg(report.result)) if report.state == QualityReport.State.DONE else None  # noqa: S308
+    return render(request, "qrng/quality_report.html", {
+        "tenant_context": ctx, "report": report, "plot": plot,
+        "tests": (report.result or {}).get("tests", []), "percent": round(report.progress * 100),
+    })
