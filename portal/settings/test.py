@@ -11,3 +11,5 @@ STORAGES = {
 # Each test run starts with an empty cache (allauth keeps its rate limits there); Redis itself is
 # exercised by the tests that need it, through REDIS_URL.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Tests decide which bytes a source serves and when; the ones about the filler thread start it themselves.
+QRNG_POOL_FILLER_THREAD = False
