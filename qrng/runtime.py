@@ -209,7 +209,10 @@ def _build(configs: list[dict], fingerprint: str) -> _Runtime:
 
         redis_client = redis.Redis.from_url(settings.REDIS_URL)
         # One pool per source configuration: chunks of a configuration no longer in force are never served.
-        backend = RedisBackend(redis_client, key=f"{settings.QRNG_POOL_KEY}:{fingerprint[:16]}")
+        # The shared pool is named by its sources only: every process drawing from the same sources shares it,
+        # whatever its local settings (the filler thread, sizes) are.
+        pool_id = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        backend = RedisBackend(redis_client, key=f"{settings.QRNG_POOL_KEY}:{pool_id}")
     else:
         backend = LocalBackend()
     service = EntropyService.from_config(
