@@ -76,6 +76,24 @@ async def measure(bench: Bench, seconds: float, batch_clients: int) -> list[dict
     return rows
 
 
+def goals(rows: list[dict]) -> dict[str, dict]:
+    """The issue's goals, judged on this run's rows (a case with errors meets nothing)."""
+    single = [r for r in rows if r["case"] == "1 x 256 bit"]
+    biggest, many_small = rows[-2], rows[-1]
+    clean = all(r["portal"]["errors"] == 0 and r["direct"]["errors"] == 0 for r in rows)
+    return {
+        "no_errors": {"met": clean},
+        "single_key_latency_ratio_le_1.5": {
+            "met": clean and all(r["ratio"]["p50"] <= 1.5 and r["ratio"]["p99"] <= 1.5 for r in single),
+            "p50": {r["pair"]: r["ratio"]["p50"] for r in single},
+            "p99": {r["pair"]: r["ratio"]["p99"] for r in single}},
+        "largest_keys_ge_110_mbit_s": {"met": clean and biggest["portal"]["mbit_per_s"] >= 110,
+                                       "portal_mbit_per_s": biggest["portal"]["mbit_per_s"]},
+        "256_bit_keys_per_s_ge_0.8x_direct": {"met": clean and many_small["ratio"]["throughput"] >= 0.8,
+                                              "ratio": many_small["ratio"]["throughput"]},
+    }
+
+
 def print_table(rows: list[dict]) -> None:
     head = (f"{'case':<18} {'pair':<6} {'cl':>2} | {'direct p50':>10} {'p99':>8} {'keys/s':>9} {'Mbit/s':>8} | "
             f"{'portal p50':>10} {'p99':>8} {'keys/s':>9} {'Mbit/s':>8} | {'p50 x':>6} {'p99 x':>6} {'thr x':>6}")
@@ -86,7 +104,9 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['case']:<18} {r['pair']:<6} {r['clients']:>2} | {d['p50_ms']:>8.2f}ms {d['p99_ms']:>6.2f}ms "
               f"{d['keys_per_s']:>9,} {d['mbit_per_s']:>8.2f} | {p['p50_ms']:>8.2f}ms {p['p99_ms']:>6.2f}ms "
               f"{p['keys_per_s']:>9,} {p['mbit_per_s']:>8.2f} | {x['p50']:>6.2f} {x['p99']:>6.2f} "
-              f"{x['throughput'] if x['throughput'] is not None else '-':>6}")
+              f"{x['throughput'] if x['throughput'] is not None else '-':>6}"
+              + (f"  ERRORS direct {d['errors']} portal {p['errors']}: {p['error_samples'][:1]}"
+                 if d["errors"] or p["errors"] else ""))
 
 
 def main() -> int:
@@ -107,14 +127,18 @@ def main() -> int:
                                     timeout=10).json()
         rows = asyncio.run(measure(bench, args.seconds, args.batch_clients))
         result = {"setup": {**bench.describe(), "seconds_per_case": args.seconds, "time_scale": args.time_scale},
-                  "rows": rows}
+                  "rows": rows, "goals": goals(rows)}
     print(f"database: {result['setup']['database']}; portal: {result['setup']['portal_listener']}, "
           f"{args.workers} workers x {args.threads} threads; {args.seconds:g} s per case and side")
     print_table(rows)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    for name, verdict in result["goals"].items():
+        print(f"goal {name}: {'met' if verdict['met'] else 'NOT met'} "
+              f"{ {k: v for k, v in verdict.items() if k != 'met'} or ''}")
+    # Errors make the figures meaningless (a 429 or 503 is fast): that is a failed run, unlike a missed goal.
+    return 0 if result["goals"]["no_errors"]["met"] else 1
 
 
 if __name__ == "__main__":

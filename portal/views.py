@@ -123,9 +123,10 @@ def usage_page(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def services_page(request: HttpRequest) -> HttpResponse:
-    """The network (nodes, links, live state), the tenant's SAEs (register: bundle shown once), recent key IDs."""
+    """The network (nodes, links, live state), the tenant's SAEs (register: bundle shown once), recent key IDs
+    and key streams (metadata and counters only)."""
     from services import saes
-    from services.models import KeyDelivery, QkdNode, Sae
+    from services.models import KeyDelivery, KeyStream, QkdNode, Sae
     from services.network import network_view
 
     ctx = _web_tenant(request)
@@ -148,6 +149,8 @@ def services_page(request: HttpRequest) -> HttpResponse:
         context["saes"] = Sae.objects.for_tenant(ctx.tenant).select_related("node")
         context["deliveries"] = KeyDelivery.objects.for_tenant(ctx.tenant).select_related(
             "master", "slave").order_by("-created_at")[:20]
+        context["streams"] = KeyStream.objects.for_tenant(ctx.tenant).select_related(
+            "source", "destination").order_by("-created_at")[:20]
     response = render(request, "portal/services.html", context)
     response["Cache-Control"] = "no-store"  # may hold a freshly issued private key
     return response

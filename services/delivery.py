@@ -10,7 +10,10 @@ row and the key-ID records; a backend failure consumes nothing; ``dec_keys`` is 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ from .models import KeyDelivery, QkdNode, Sae
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
 METER = "qkd_key_bits"
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,15 @@ def _limits(pair: BackendPair, fresh: bool = False) -> dict[str, Any]:
     return registry.link_status(pair.master_node, pair.master_sae, pair.slave_sae, fresh=fresh)
 
 
-def status(master: Sae, slave_name: str) -> dict[str, Any]:
+def _other_sae(master: Sae, slave_name: str) -> Sae:
     slave = tenant_sae(master.tenant, slave_name, "slave")
+    if slave.pk == master.pk:
+        raise BadRequest("master and slave SAE must differ", details=[{"slave_SAE_ID": slave.name}])
+    return slave
+
+
+def status(master: Sae, slave_name: str) -> dict[str, Any]:
+    slave = _other_sae(master, slave_name)
     pair = backend_pair(master, slave)
     backend = _limits(pair, fresh=True)  # status is the call that asks for live counts
     return {
@@ -122,36 +133,168 @@ def _backend_error(exc: Exception, node: QkdNode) -> Exception:
 def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = None,
              additional_slave_sae_ids: list | None = None, extension_mandatory: Any = None) -> dict[str, Any]:
     tenant = master.tenant
-    slave = tenant_sae(tenant, slave_name, "slave")
+    slave = _other_sae(master, slave_name)
     pair = backend_pair(master, slave)
     number, size, additional = validate_key_request(_limits(pair), number, size, additional_slave_sae_ids,
                                                     extension_mandatory)
     extra_slaves = [tenant_sae(tenant, name, "additional slave") for name in additional]
-    backend_extra = [backend_pair(master, s).slave_sae for s in extra_slaves]
+    if len({s.pk for s in (master, slave, *extra_slaves)}) != 2 + len(extra_slaves):
+        raise BadRequest("additional_slave_SAE_IDs must name other SAEs than the master, the slave and each other",
+                         details=[{"additional_slave_SAE_IDs": additional}])
+    backend_slaves = multicast_backend_saes(pair, [slave, *extra_slaves])
+    backend_extra = backend_slaves[1:]
     bits = number * size
-    quota.check(tenant, METER, bits)  # refuse before taking keys out of the pool
+    # Read once for the pre-check and the decision: the same request, milliseconds apart.
+    limits = quota.effective_limits(tenant)
+    quota.check(tenant, METER, bits, limits=limits)  # refuse before taking keys out of the pool
     try:
         keys = registry.client_for(pair.master_node).enc_keys(
             pair.slave_sae, number=number, size=size, additional_slave_sae_ids=backend_extra or None,
             acting_as=pair.master_sae)
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, pair.master_node) from None
-    record_delivery(tenant, master, [slave, *extra_slaves], keys, size,
-                    reference=f"etsi014:{master.name}->{slave.name}")
+    record_deliveries(tenant, [Delivery(master, [slave, *extra_slaves], keys, backend_slaves)], size,
+                      reference=f"etsi014:{master.name}->{slave.name}", limits=limits)
     return {"keys": [_key_json(k) for k in keys]}
 
 
+def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
+    """The backend SAE each tenant slave receives the key as: distinct ones, since the KME delivers a key once
+    per backend SAE (two tenant SAEs of one node get two of the portal's SAEs at that node).
+
+    The first slave keeps its usual backend SAE (``backend_pair``); others on a node take the node's next
+    unused portal SAE, never the master's own."""
+    used = {(pair.master_node.pk, pair.master_sae), (slaves[0].node_id, pair.slave_sae)}
+    out = [pair.slave_sae]
+    for extra in slaves[1:]:
+        free = [b for b in extra.node.backend_sae_ids if (extra.node_id, b) not in used]
+        if not free:
+            raise BadRequest(f"the portal has no further SAE identity at node {extra.node.node_id} for another "
+                             "slave of the same key; name SAEs at other nodes", details=[{"slave_SAE_ID": extra.name}])
+        used.add((extra.node_id, free[0]))
+        out.append(free[0])
+    return out
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Keys one master SAE took from the backend for its slave SAE(s), not yet metered or recorded.
+
+    ``backend_slaves``: the backend SAE each slave gets the keys as (default: the usual pairing)."""
+
+    master: Sae
+    slaves: list[Sae]
+    keys: list[DeliveredKey]
+    backend_slaves: list[str] | None = None
+
+
 def record_delivery(tenant: Tenant, master: Sae, slaves: list[Sae], keys: list[DeliveredKey], size: int,
-                    reference: str) -> None:
+                    reference: str, limits: dict[str, int] | None = None) -> None:
     """Meter and remember delivered key IDs in one transaction; a quota refusal discards the keys."""
-    key_ids = sorted(k.key_id for k in keys)
+    record_deliveries(tenant, [Delivery(master, slaves, keys)], size, reference, limits)
+
+
+def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, reference: str,
+                      limits: dict[str, int] | None = None) -> None:
+    """Meter all the keys of ``deliveries`` as one usage (one ledger row, idempotency key from every key ID)
+    and record their key IDs, in one transaction: all or nothing.
+
+    A malformed key ID from the KME (it goes into the database) fails before anything is recorded: the keys
+    are then neither handed out nor charged."""
+    key_ids = sorted(k.key_id for d in deliveries for k in d.keys)
+    if len(key_ids) != len(set(key_ids)) or not all(UUID_RE.fullmatch(k) for k in key_ids):
+        raise ServiceUnavailable("the KME returned malformed or repeated key IDs; nothing was charged")
     idempotency_key = "keys:" + hashlib.sha256(",".join(key_ids).encode()).hexdigest()
     with transaction.atomic():
-        quota.consume(tenant, METER, len(keys) * size, idempotency_key, reference=f"{reference}:{len(keys)} keys")
-        insert_key_deliveries(tenant, master, slaves, keys, size)
+        record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key,
+                               reference=f"{reference}:{len(key_ids)} keys", limits=limits)
+        if record.replayed:  # these key IDs were delivered (and charged) before: never hand a key out twice
+            raise ServiceUnavailable("the KME returned keys that were delivered before; nothing was charged")
+        for d in deliveries:
+            backend_slaves = d.backend_slaves or [backend_pair(d.master, slave).slave_sae for slave in d.slaves]
+            insert_key_deliveries(tenant, d.master, list(zip(d.slaves, backend_slaves, strict=True)), d.keys, size)
 
 
-def insert_key_deliveries(tenant: Tenant, master: Sae, slaves: list[Sae], keys: list[DeliveredKey], size: int) -> None:
+# -- per-hop extraction ------------------------------------------------------------------------------------
+def link_path(source: QkdNode, destination: QkdNode) -> list[str]:
+    """The nodes of a fewest-hops path of QKD links that are up, from the network's link telemetry.
+
+    Ties go to the alphabetically first neighbour, so the same network gives the same path. The KMEs' own
+    relay routing may pick another path of the same length for an end-to-end key (they weigh key stock)."""
+    if source.pk == destination.pk:
+        raise BadRequest("per-hop extraction needs two different nodes")
+    try:
+        topology = registry.client_for(source).topology()
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise ServiceUnavailable(
+            f"the KME of {source.node_id} exposes no link topology, which per-hop extraction needs "
+            f"({exc.message}); use mode=end-to-end") from None
+    neighbours: dict[str, set[str]] = {}
+    for link in topology.get("links", []) if isinstance(topology, dict) else []:
+        ends = link.get("endpoints") if isinstance(link, dict) else None
+        if link.get("state", "up") != "up" or not isinstance(ends, list) or len(ends) != 2:
+            continue
+        a, b = (str(e) for e in ends)
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    previous: dict[str, str | None] = {source.node_id: None}
+    frontier = [source.node_id]
+    while frontier and destination.node_id not in previous:
+        following = []
+        for node in frontier:
+            for peer in sorted(neighbours.get(node, ())):
+                if peer not in previous:
+                    previous[peer] = node
+                    following.append(peer)
+        frontier = following
+    if destination.node_id not in previous:
+        raise ServiceUnavailable(f"no path of QKD links that are up from {source.node_id} to "
+                                 f"{destination.node_id}")
+    path = [destination.node_id]
+    while (step := previous[path[-1]]) is not None:
+        path.append(step)
+    return path[::-1]
+
+
+def per_hop_keys(tenant: Tenant, src: Sae, dst: Sae, size: Any,
+                 sae_at_node: Callable[[str], Sae]) -> dict[str, Any]:
+    """One fresh key per QKD link along the path from ``src``'s node to ``dst``'s node, each between the
+    tenant's SAEs at the link's two ends (``sae_at_node(node_id)`` names them; ``src``/``dst`` at the ends).
+
+    Each hop key is an ordinary direct-link ETSI 014 delivery (the peer copy by key ID, as usual), so the
+    tenant sees every link key, which is what a tenant running its own key relay or studying the links needs.
+    All hops or none: the keys are taken from every hop's KME first, then metered (hops x size bits) and
+    recorded in one transaction; a KME failure on any hop charges nothing."""
+    path = link_path(src.node, dst.node)
+    saes_on_path = [src, *(sae_at_node(node_id) for node_id in path[1:-1]), dst]
+    hops = []
+    for master, slave in itertools.pairwise(saes_on_path):
+        master.tenant = slave.tenant = tenant
+        pair = backend_pair(master, slave)
+        _, hop_size, _ = validate_key_request(_limits(pair), 1, size, None, None)
+        hops.append((master, slave, pair, hop_size))
+    size = hops[0][3]
+    limits = quota.effective_limits(tenant)
+    quota.check(tenant, METER, size * len(hops), limits=limits)  # before any hop takes key from a link
+    taken = []
+    for master, slave, pair, _ in hops:
+        try:
+            keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
+                                                                  acting_as=pair.master_sae)
+        except (KmeRejected, KmeUnavailable) as exc:
+            raise _backend_error(exc, pair.master_node) from None
+        taken.append(Delivery(master, [slave], keys))
+    record_deliveries(tenant, taken, size, reference=f"simple-per-hop:{src.name}->{dst.name}", limits=limits)
+    return {
+        "mode": "per-hop", "size": size, "src": src.name, "dst": dst.name, "path": path, "hops": len(hops),
+        "keys": [{"from": d.master.node.node_id, "to": d.slaves[0].node.node_id, "src": d.master.name,
+                  "dst": d.slaves[0].name, "key_ID": d.keys[0].key_id, "key": d.keys[0].key,
+                  "hops": d.keys[0].hops or 1} for d in taken],
+    }
+
+
+def insert_key_deliveries(tenant: Tenant, master: Sae, slaves: list[tuple[Sae, str]], keys: list[DeliveredKey],
+                          size: int) -> None:
     """One ``KeyDelivery`` row per key and slave, written with one COPY (PostgreSQL) or one executemany.
 
     ``bulk_create`` spent most of a 1024-key request building model instances and SQL. The rows are the same
@@ -161,21 +304,33 @@ def insert_key_deliveries(tenant: Tenant, master: Sae, slaves: list[Sae], keys: 
     fields = [f for f in KeyDelivery._meta.concrete_fields if not f.primary_key]
     fixed = {"tenant_id": tenant.pk, "master_id": master.pk, "size_bits": size, "created_at": now, "fetched_at": None}
     defaults = {f.attname: f.get_default() for f in fields
-                if f.attname not in fixed and f.attname not in ("key_id", "slave_id", "hops")}
-    rows = []
-    for key in keys:
-        key_id, hops = uuid.UUID(key.key_id), key.hops
-        for slave in slaves:
-            row = {**fixed, **defaults, "key_id": key_id, "slave_id": slave.pk, "hops": hops}
-            rows.append([row[f.attname] for f in fields])
+                if f.attname not in fixed and f.attname not in ("key_id", "slave_id", "hops", "backend_slave_sae")}
+    template = {**fixed, **defaults}
     table = connection.ops.quote_name(KeyDelivery._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            # The key IDs go in as validated UUID strings (record_delivery): PostgreSQL parses them, which is
+            # cheaper than building a uuid.UUID per key for psycopg to dump again.
+            names = [f.attname for f in fields]
+            key_at, slave_at, hops_at = names.index("key_id"), names.index("slave_id"), names.index("hops")
+            backend_at = names.index("backend_slave_sae")
+            base = [template.get(f.attname) for f in fields]
             with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+                for key in keys:
+                    row = list(base)
+                    row[key_at], row[hops_at] = key.key_id, key.hops
+                    for slave, backend_slave in slaves:
+                        row[slave_at], row[backend_at] = slave.pk, backend_slave
+                        copy.write_row(row)
         else:
+            rows = []
+            for key in keys:
+                key_id, hops = uuid.UUID(key.key_id), key.hops
+                for slave, backend_slave in slaves:
+                    row = {**template, "key_id": key_id, "slave_id": slave.pk, "hops": hops,
+                           "backend_slave_sae": backend_slave}
+                    rows.append([row[f.attname] for f in fields])
             prepared = [[f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)] for row in rows]
             placeholders = ", ".join(["%s"] * len(fields))
             cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", prepared)  # noqa: S608
@@ -208,10 +363,20 @@ def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]
     if unknown:
         raise BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": unknown}])
     pair = backend_pair(master, slave)
+    # Each key is fetched as the backend SAE it was delivered to (a multicast slave may have had another one).
+    by_backend: dict[str, list[str]] = {}
+    for key_id in key_ids:
+        by_backend.setdefault(deliveries[key_id].backend_slave_sae or pair.slave_sae, []).append(key_id)
+    fetched: dict[str, DeliveredKey] = {}
     try:
-        keys = registry.client_for(slave.node).dec_keys(pair.master_sae, key_ids, acting_as=pair.slave_sae)
+        for backend_slave, ids in by_backend.items():
+            for key in registry.client_for(slave.node).dec_keys(pair.master_sae, ids, acting_as=backend_slave):
+                fetched[key.key_id] = key
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, slave.node) from None
+    keys = [fetched[k] for k in key_ids if k in fetched]
+    if len(keys) != len(key_ids):
+        raise ServiceUnavailable(f"the KME of {slave.node.node_id} returned other keys than the ones asked for")
     KeyDelivery.objects.for_tenant(tenant).filter(pk__in=[d.pk for d in deliveries.values()]).update(
         fetched_at=timezone.now())
     return {"keys": [_key_json(k) for k in keys]}

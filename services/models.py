@@ -75,14 +75,18 @@ class KeyDelivery(models.Model):
     slave = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+")
     size_bits = models.PositiveIntegerField()
     hops = models.PositiveSmallIntegerField(default=0)
+    backend_slave_sae = models.CharField(
+        max_length=100, blank=True, default="",
+        help_text="the portal's SAE at the slave's KME the key was delivered to (empty: the usual pairing)")
     created_at = models.DateTimeField(auto_now_add=True)
     fetched_at = models.DateTimeField(null=True, blank=True)
 
     objects = TenantScopedManager()
 
     class Meta:
+        # The unique index (key_id, slave) also serves every look-up by key ID (dec_keys, the simple REST peer
+        # call): a second index on key IDs cost every delivered key one more random B-tree insert.
         constraints = [models.UniqueConstraint(fields=["key_id", "slave"], name="uniq_key_per_slave")]
-        indexes = [models.Index(fields=["tenant", "key_id"])]
 
     def __str__(self) -> str:
         return f"{self.key_id} {self.master_id}->{self.slave_id}"
@@ -119,6 +123,8 @@ class KeyStream(models.Model):
     highest_index = models.IntegerField(default=-1, help_text="highest chunk index handed to either SAE")
     prefetched_to = models.IntegerField(default=-1, help_text="highest chunk index made ahead at the backend")
     route = models.JSONField(default=dict, blank=True, help_text="hops and path of the last chunk")
+    chunks_metered = models.PositiveIntegerField(
+        default=0, help_text="chunk indexes charged so far (each once, in the same transaction as its ledger row)")
 
     objects = TenantScopedManager()
 

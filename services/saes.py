@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
-from portal.errors import BadRequest, Conflict
+from portal.errors import Conflict
 from tenants.models import Tenant
 
 from . import pki, registry
-from .models import KeyDelivery, Sae
+from .models import KeyDelivery, KeyStream, Sae
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,22 @@ def revoke_certificate(sae: Sae) -> None:
 
 
 def delete_sae(sae: Sae) -> None:
-    if KeyDelivery.objects.for_tenant(sae.tenant).filter(master=sae).exists() or \
-            KeyDelivery.objects.for_tenant(sae.tenant).filter(slave=sae).exists():
-        raise BadRequest("this SAE has delivered keys on record; revoke its certificate instead")
-    Sae.objects.for_tenant(sae.tenant).filter(pk=sae.pk).delete()
+    """Delete an SAE that nothing on record refers to; otherwise ``Conflict`` (revoke its certificate instead).
+
+    Delivered key IDs and key streams are the metering trail of the tenant's usage: they keep their SAE."""
+    deliveries = KeyDelivery.objects.for_tenant(sae.tenant)
+    streams = KeyStream.objects.for_tenant(sae.tenant)
+    if deliveries.filter(master=sae).exists() or deliveries.filter(slave=sae).exists():
+        raise Conflict("this SAE has delivered keys on record; revoke its certificate instead",
+                       details={"sae": sae.name, "refers": "key deliveries"})
+    if streams.filter(source=sae).exists() or streams.filter(destination=sae).exists():
+        raise Conflict("this SAE has key streams on record; revoke its certificate instead",
+                       details={"sae": sae.name, "refers": "key streams"})
+    try:
+        with transaction.atomic():
+            Sae.objects.for_tenant(sae.tenant).filter(pk=sae.pk).delete()
+    except ProtectedError:  # a key or a stream was delivered to it meanwhile
+        raise Conflict("this SAE is in use; revoke its certificate instead", details={"sae": sae.name}) from None
 
 
 def sae_for_certificate_serial(serial_hex: str) -> Sae | None:

@@ -310,8 +310,9 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
         return _answer(stream, client004.METADATA_TOO_SMALL, index=index, metadata_size_needed=predicted)
     bits = chunk_bits(stream)
     metering_key = f"etsi004:{stream.backend_ksid}:{index}"
+    limits = quota.effective_limits(stream.tenant)  # once for the pre-check and the decision of this request
     if not UsageRecord.objects.for_tenant(stream.tenant_id).filter(idempotency_key=metering_key).exists():
-        quota.check(stream.tenant, KEY_METER, bits)
+        quota.check(stream.tenant, KEY_METER, bits, limits=limits)
     # Rate shaping at Max_bps: wait for the chunk to fall due within the QoS Timeout, or say status 2.
     wait = (due_at(stream, index) - now).total_seconds()
     if wait > 0:
@@ -332,11 +333,14 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
         raise ServiceUnavailable(f"the KME of {node.node_id} returned a malformed chunk")
     route = {k: answer.metadata[k] for k in ROUTE_FIELDS if answer.metadata and k in answer.metadata}
     with transaction.atomic():
-        quota.consume(stream.tenant, KEY_METER, bits, metering_key,
-                      reference=f"etsi004:{stream.ksid}:{index}")
+        record = quota.consume(stream.tenant, KEY_METER, bits, metering_key,
+                               reference=f"etsi004:{stream.ksid}:{index}", limits=limits)
+        # The stream's counter moves in the ledger's transaction and only for a new ledger row: it equals the
+        # stream's ledger rows (the peer reading the same index is a replay and adds nothing).
         KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(
             **{f"next_index_{side}": Greatest(F(f"next_index_{side}"), index + 1)},
-            highest_index=Greatest(F("highest_index"), index), route=route)
+            highest_index=Greatest(F("highest_index"), index), route=route,
+            chunks_metered=F("chunks_metered") + (0 if record.replayed else 1))
     metadata = _metadata(stream, index, route)
     if metadata_size is not None and _size(metadata) > metadata_size:
         metadata = _metadata(stream, index, {})  # the route changed: keep the chunk, drop the route fields

@@ -72,10 +72,13 @@ def effective_limits(tenant: Tenant) -> dict[str, int]:
     return limits
 
 
-def quota_states(tenant: Tenant, at: datetime | None = None, meters: list[str] | None = None) -> list[QuotaState]:
-    """Limit, use and reset time of every quota key (or those of the given meters) right now."""
+def quota_states(tenant: Tenant, at: datetime | None = None, meters: list[str] | None = None,
+                 limits: dict[str, int] | None = None) -> list[QuotaState]:
+    """Limit, use and reset time of every quota key (or those of the given meters) right now.
+
+    ``limits``: the tenant's ``effective_limits`` when the caller already read them in this request."""
     at = at or timezone.now()
-    limits = effective_limits(tenant)
+    limits = effective_limits(tenant) if limits is None else limits
     counters = {
         (c.quota_key, c.window_start): c.used
         for c in QuotaCounter.objects.for_tenant(tenant).filter(quota_key__in=list(limits))
@@ -115,11 +118,11 @@ def ratelimit_headers(states: list[QuotaState], now: datetime | None = None) -> 
     return headers
 
 
-def check(tenant: Tenant, meter: str, amount: int) -> None:
+def check(tenant: Tenant, meter: str, amount: int, limits: dict[str, int] | None = None) -> None:
     """Raise ``QuotaExceeded`` if ``amount`` would not fit now; records nothing (a cheap pre-check before
     taking a scarce resource; ``consume`` still decides)."""
     now = timezone.now()
-    states = quota_states(tenant, now, meters=[_meter(meter).name])
+    states = quota_states(tenant, now, meters=[_meter(meter).name], limits=limits)
     for state in states:
         if state.remaining is not None and state.remaining < amount:
             raise QuotaExceeded(
@@ -139,6 +142,7 @@ def _replayed(tenant: Tenant, meter: str, amount: int, key: str, kind: str) -> U
             "this idempotency key was already used for a different usage",
             details={"idempotency_key": key},
         )
+    existing.replayed = True
     return existing
 
 
@@ -149,44 +153,71 @@ def _counter(tenant: Tenant, key: str, window_start: datetime) -> QuotaCounter:
     return counter
 
 
-def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, reference: str = "") -> UsageRecord:
+class _OverLimit(Exception):
+    def __init__(self, key: str, limit: int) -> None:
+        super().__init__(key)
+        self.key, self.limit = key, limit
+
+
+def _add(tenant: Tenant, key: str, window_start: datetime, amount: int, limit: int) -> bool:
+    """Add ``amount`` to the window's counter if it stays within ``limit``; False when it would not.
+
+    The conditional UPDATE is the decision (it takes the row lock). The counter row is created only when the
+    UPDATE found none, so the common case is one statement instead of a SELECT and an UPDATE."""
+    rows = QuotaCounter.objects.for_tenant(tenant).filter(quota_key=key, window_start=window_start)
+    if limit != UNLIMITED:
+        rows = rows.filter(used__lte=limit - amount)
+    if rows.update(used=F("used") + amount):
+        return True
+    counter = _counter(tenant, key, window_start)  # the first use in this window, or really over the limit
+    rows = QuotaCounter.objects.for_tenant(tenant).filter(pk=counter.pk)
+    if limit != UNLIMITED:
+        rows = rows.filter(used__lte=limit - amount)
+    return rows.update(used=F("used") + amount) == 1
+
+
+def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, reference: str = "",
+            limits: dict[str, int] | None = None) -> UsageRecord:
     """Check every quota of ``meter`` and record ``amount`` in the ledger, all or nothing.
 
     Raises ``QuotaExceeded`` (nothing recorded) when any window would go over its limit. Calling again with
-    the same ``idempotency_key`` returns the first record and consumes nothing more.
+    the same ``idempotency_key`` returns the first record and consumes nothing more; the returned record's
+    ``replayed`` attribute tells which case it was. ``limits``: the tenant's ``effective_limits`` when the
+    caller already read them in this request (saves two queries).
     """
     spec = _meter(meter)
     _check_amount(amount)
     _check_idempotency_key(idempotency_key)
     if not tenant.is_active:
         raise Forbidden(f"tenant {tenant.slug!r} is suspended")
+    now = timezone.now()
     try:
         with transaction.atomic():
-            replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.CONSUME)
-            if replay is not None:
-                return replay
-            now = timezone.now()
-            limits = effective_limits(tenant)
+            # No look-up of the idempotency key first: the ledger's unique constraint catches a replay at the
+            # INSERT (IntegrityError below), and this savepoint's rollback takes the counter updates back with
+            # it. A replay refused for quota is recognised before the refusal is raised.
+            limits = effective_limits(tenant) if limits is None else limits
             for window in spec.windows:
                 key = quota_key(meter, window)
-                limit = limits[key]
-                counter = _counter(tenant, key, window_bounds(window, now)[0])
-                rows = QuotaCounter.objects.for_tenant(tenant).filter(pk=counter.pk)
-                if limit != UNLIMITED:
-                    rows = rows.filter(used__lte=limit - amount)
-                if rows.update(used=F("used") + amount) == 0:
-                    states = quota_states(tenant, now, meters=[meter])
-                    state = next(s for s in states if s.quota_key == key)
-                    raise QuotaExceeded(
-                        f"quota {key} exceeded: {state.used} of {limit} {spec.unit}s used, "
-                        f"{amount} requested",
-                        details={"quota": key, "limit": limit, "used": state.used, "requested": amount},
-                        headers=ratelimit_headers(states, now),
-                    )
-            return UsageRecord.objects.create(
+                if not _add(tenant, key, window_bounds(window, now)[0], amount, limits[key]):
+                    raise _OverLimit(key, limits[key])  # rolls back the windows already counted
+            record = UsageRecord.objects.create(
                 tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=amount, unit=spec.unit,
                 reference=reference[:200], idempotency_key=idempotency_key, created_at=now,
             )
+            record.replayed = False
+            return record
+    except _OverLimit as over:
+        replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.CONSUME)
+        if replay is not None:  # recorded before, when it still fitted: a replay, not a new consumption
+            return replay
+        states = quota_states(tenant, now, meters=[meter])
+        state = next(s for s in states if s.quota_key == over.key)
+        raise QuotaExceeded(
+            f"quota {over.key} exceeded: {state.used} of {over.limit} {spec.unit}s used, {amount} requested",
+            details={"quota": over.key, "limit": over.limit, "used": state.used, "requested": amount},
+            headers=ratelimit_headers(states, now),
+        ) from None
     except IntegrityError:
         # A concurrent request with the same idempotency key won the race; its record stands.
         replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.CONSUME)

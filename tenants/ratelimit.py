@@ -82,22 +82,41 @@ def limiter() -> LocalTokenBucket | RedisTokenBucket:
     return RedisTokenBucket(settings.REDIS_URL) if settings.REDIS_URL else LocalTokenBucket()
 
 
-def rate_headers(result: BucketResult, rate: float, burst: int) -> dict[str, str]:
+def rate_headers(result: BucketResult, rate: float, burst: int, policy: str = "requests") -> dict[str, str]:
     window = math.ceil(burst / rate)
     return {
-        "RateLimit-Policy": f'"requests";q={burst};w={window}',
-        "RateLimit": f'"requests";r={result.remaining};t={math.ceil(result.reset_after)}',
+        "RateLimit-Policy": f'"{policy}";q={burst};w={window}',
+        "RateLimit": f'"{policy}";r={result.remaining};t={math.ceil(result.reset_after)}',
         "X-RateLimit-Limit": str(burst),
         "X-RateLimit-Remaining": str(result.remaining),
         "X-RateLimit-Reset": str(int(time.time() + math.ceil(result.reset_after))),
     }
 
 
+# Key delivery (ETSI 014 / 004: views with ``rate_limit_scope = "keys"``) is machine-to-machine traffic whose
+# volume is already bounded by the tenant's key-bit quota, by the KMEs' limits and, for 004 streams, by the
+# stream's Max_bps shaping; a 004 stream at its default QoS (40 kbit/s in 32-byte chunks) alone is ~160
+# get_key calls per second per SAE. So it gets its own, larger bucket per credential, and a burst of key
+# requests never starves the same token's management calls (nor the other way round).
+KEY_DELIVERY_RATE_PER_SECOND = 500.0
+KEY_DELIVERY_BURST = 1000
+
+
+def scope_limits(scope: str) -> tuple[float, int, str]:
+    """(rate per second, burst, policy name) of a throttle scope; a rate of 0 disables the scope's limit."""
+    if scope == "keys":
+        return (float(getattr(settings, "KEY_DELIVERY_RATE_LIMIT_PER_SECOND", KEY_DELIVERY_RATE_PER_SECOND)),
+                int(getattr(settings, "KEY_DELIVERY_RATE_LIMIT_BURST", KEY_DELIVERY_BURST)), "key-requests")
+    return settings.API_RATE_LIMIT_PER_SECOND, settings.API_RATE_LIMIT_BURST, "requests"
+
+
 class TokenRateThrottle(BaseThrottle):
-    """DRF throttle: one bucket per API token (or per user for browser sessions, per IP when anonymous)."""
+    """DRF throttle: one bucket per API token (or per user for browser sessions, per SAE for SAE certificates,
+    per IP when anonymous) and per scope (``rate_limit_scope`` of the view: ``api`` or ``keys``)."""
 
     def allow_request(self, request, view) -> bool:
-        rate, burst = settings.API_RATE_LIMIT_PER_SECOND, settings.API_RATE_LIMIT_BURST
+        scope = getattr(view, "rate_limit_scope", "api")
+        rate, burst, policy = scope_limits(scope)
         if rate <= 0:
             return True
         auth = request.auth
@@ -107,9 +126,11 @@ class TokenRateThrottle(BaseThrottle):
             ident = f"user:{request.user.pk}"
         else:
             ident = f"ip:{self.get_ident(request)}"
+        if scope != "api":
+            ident = f"{scope}:{ident}"
         result = limiter().take(ident, rate, burst)
         # Seen by the middleware that puts these headers on every API response, errors included.
-        request._request.ratelimit_headers = rate_headers(result, rate, burst)
+        request._request.ratelimit_headers = rate_headers(result, rate, burst, policy)
         self._retry_after = result.retry_after
         return result.allowed
 

@@ -187,6 +187,9 @@ REST_FRAMEWORK = {
 # Per-token request rate: a token bucket (Redis when configured, otherwise per process).
 API_RATE_LIMIT_PER_SECOND = env.float("API_RATE_LIMIT_PER_SECOND", default=20.0)
 API_RATE_LIMIT_BURST = env.int("API_RATE_LIMIT_BURST", default=100)
+# ETSI 014/004 key requests have their own bucket per credential: a 004 stream alone makes ~150 requests/s.
+KEY_DELIVERY_RATE_LIMIT_PER_SECOND = env.float("KEY_DELIVERY_RATE_LIMIT_PER_SECOND", default=500.0)
+KEY_DELIVERY_RATE_LIMIT_BURST = env.int("KEY_DELIVERY_RATE_LIMIT_BURST", default=1000)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "QXaaS API",

@@ -50,6 +50,7 @@ class EtsiView(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = [JSONParser]
     required_scope = "keys:read"
+    rate_limit_scope = "keys"  # the key-delivery request bucket (tenants.ratelimit), not the management API's
 
     def get_exception_handler(self):
         return etsi_exception_handler

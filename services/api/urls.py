@@ -19,6 +19,10 @@ urlpatterns = [
     path("qkd/nodes/", views.NodeListView.as_view(), name="qkd-nodes"),
     path("qkd/keys", views.SimpleKeyView.as_view(), name="qkd-keys"),
     path("qkd/keys/<str:key_id>", views.SimplePeerKeyView.as_view(), name="qkd-peer-key"),
+    # Like the other /api/qkd/ paths: no trailing slash needed (scripts and curl).
+    re_path(r"^qkd/streams/?$", views.KeyStreamViewSet.as_view({"get": "list"}), name="key-stream-list"),
+    re_path(r"^qkd/streams/(?P<ksid>[0-9a-fA-F-]{32,36})/?$", views.KeyStreamViewSet.as_view({"get": "retrieve"}),
+            name="key-stream-detail"),
     *router.urls,
     # ETSI GS QKD 004 key streams, as REST like the Madrid SD-QKD stack (open_connect / get_key / close).
     re_path(r"^etsi004/open_connect/?$", etsi004.OpenConnectView.as_view(), name="etsi004-open-connect"),

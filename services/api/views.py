@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -9,9 +16,16 @@ from rest_framework.response import Response
 from portal.api.base import TenantAPIView, TenantScopedViewSet
 from portal.errors import BadRequest
 from services import delivery, registry, saes
-from services.models import KeyDelivery, QkdNode, Sae
+from services.models import KeyDelivery, KeyStream, QkdNode, Sae
 
-from .serializers import QkdNodeSerializer, SaeBundleSerializer, SaeSerializer, SimpleKeySerializer
+from .serializers import (
+    KeyStreamSerializer,
+    PerHopKeysSerializer,
+    QkdNodeSerializer,
+    SaeBundleSerializer,
+    SaeSerializer,
+    SimpleKeySerializer,
+)
 
 
 def bundle_response(bundle: saes.SaeBundle, status_code: int = 200) -> Response:
@@ -23,7 +37,7 @@ def bundle_response(bundle: saes.SaeBundle, status_code: int = 200) -> Response:
 @extend_schema_view(
     list=extend_schema(summary="The tenant's SAEs"),
     retrieve=extend_schema(summary="One SAE (never its private key)"),
-    destroy=extend_schema(summary="Delete an SAE that has no delivered keys on record"),
+    destroy=extend_schema(summary="Delete an SAE that has no delivered keys or key streams on record (else 409)"),
 )
 class SaeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantScopedViewSet):
     """Secure Application Entities: the tenant's endpoints of key delivery, each attached to a QKD node."""
@@ -64,6 +78,37 @@ class SaeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         saes.delete_sae(instance)
 
 
+@extend_schema_view(
+    list=extend_schema(summary="The tenant's ETSI 004 key streams: state, QoS and chunk counters (never keys)",
+                       parameters=[OpenApiParameter("state", OpenApiTypes.STR, enum=KeyStream.State.values,
+                                                    description="only streams in this state"),
+                                   OpenApiParameter("sae", OpenApiTypes.STR,
+                                                    description="only streams with this SAE at either end")]),
+    retrieve=extend_schema(summary="One key stream"),
+)
+class KeyStreamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
+    """ETSI GS QKD 004 key streams of the tenant (opened with ``/api/etsi004/open_connect``)."""
+
+    model = KeyStream
+    serializer_class = KeyStreamSerializer
+    read_scope = "keys:read"
+    lookup_field = "ksid"  # the Key_stream_ID the tenant's SAEs use (unique per tenant)
+
+    def scope_queryset(self, queryset):
+        queryset = queryset.select_related("source", "destination").order_by("-created_at")
+        if self.action != "list":
+            return queryset
+        state = self.request.query_params.get("state")
+        if state:
+            if state not in KeyStream.State.values:
+                raise BadRequest(f"state must be one of {', '.join(KeyStream.State.values)}")
+            queryset = queryset.filter(state=state)
+        sae = self.request.query_params.get("sae")
+        if sae:
+            queryset = queryset.filter(Q(source__name=sae) | Q(destination__name=sae))
+        return queryset
+
+
 class NodeListView(TenantAPIView):
     @extend_schema(summary="The QKD network's nodes (where SAEs can be attached)",
                    responses=QkdNodeSerializer(many=True))
@@ -78,28 +123,56 @@ def _sae_or_node(tenant, value: str) -> Sae:
     return sae or saes.default_sae(tenant, value)
 
 
+MODES = ["end-to-end", "per-hop"]
+
+
 class SimpleKeyView(TenantAPIView):
     """The simple REST interface for scripts: one call for a key, one for its peer copy."""
 
     read_scope = "keys:write"  # getting a fresh key takes it out of the pool and is metered
 
     @extend_schema(
-        summary="Get a fresh key between two nodes (or two of your SAEs)",
+        summary="Get a fresh key between two nodes (or two of your SAEs): end-to-end or one key per hop",
+        description=(
+            "mode=end-to-end (default): one key shared by src and dst, relayed by the trusted nodes on the way "
+            "(hops says how many QKD links it crossed); the dst side fetches it with GET /api/qkd/keys/{key_ID}."
+            "\n\nmode=per-hop: one key per QKD link along a fewest-hops path of links that are up, each between "
+            "your SAEs at the link's two ends (an SAE is created at an intermediate node when you have none "
+            "there); each hop's peer copy is fetched by its key_ID the same way. Charged hops x size bits, all "
+            "or nothing."),
         parameters=[
             OpenApiParameter("src", OpenApiTypes.STR, required=True, description="node id or your SAE (master)"),
             OpenApiParameter("dst", OpenApiTypes.STR, required=True, description="node id or your SAE (slave)"),
             OpenApiParameter("size", OpenApiTypes.INT, description="bits, multiple of 8 (default 256)"),
+            OpenApiParameter("mode", OpenApiTypes.STR, enum=MODES, description="end-to-end (default) or per-hop"),
         ],
-        responses=SimpleKeySerializer,
+        responses=PolymorphicProxySerializer("SimpleKeyOrHopKeys", [SimpleKeySerializer, PerHopKeysSerializer],
+                                             resource_type_field_name=None),
         examples=[OpenApiExample("Key CAIT->Rectorado", response_only=True, value={
             "key_ID": "bc490419-7d60-487f-adc1-4ddcc177c139", "key": "wHHVxRwDJs3/bXd38GHP3oe4svTuRpZS0yCC7x4Ly+s=",
-            "size": 256, "hops": 2, "src": "node-cait", "dst": "node-rectorado"})],
+            "size": 256, "hops": 2, "src": "node-cait", "dst": "node-rectorado"}),
+            OpenApiExample("Per hop CAIT->Rectorado (mode=per-hop)", response_only=True, value={
+                "mode": "per-hop", "size": 256, "src": "node-cait", "dst": "node-rectorado",
+                "path": ["CAIT", "CCS", "Rectorado"], "hops": 2, "keys": [
+                    {"from": "CAIT", "to": "CCS", "src": "node-cait", "dst": "node-ccs", "hops": 1,
+                     "key_ID": "0f4f3d3e-33a1-4a86-9c55-6bd0d9b1f0a1",
+                     "key": "3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="},
+                    {"from": "CCS", "to": "Rectorado", "src": "node-ccs", "dst": "node-rectorado", "hops": 1,
+                     "key_ID": "7a1c1a52-0d55-4b67-8f0e-1f2b6f5b9e11",
+                     "key": "u7u7u7u7AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}]})],
     )
     def get(self, request):
         src, dst = request.query_params.get("src"), request.query_params.get("dst")
         if not src or not dst:
             raise BadRequest("src and dst are required (node ids or your SAE names)")
+        mode = request.query_params.get("mode", "end-to-end")
+        if mode not in MODES:
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}", details={"mode": mode[:40]})
         master, slave = _sae_or_node(self.tenant, src), _sae_or_node(self.tenant, dst)
+        if mode == "per-hop":
+            body = delivery.per_hop_keys(self.tenant, master, slave, request.query_params.get("size", 256),
+                                         sae_at_node=lambda node_id: saes.default_sae(self.tenant, node_id))
+            return Response(body, headers={"Cache-Control": "no-store"})
         container = delivery.enc_keys(master, slave.name, number=1, size=request.query_params.get("size", 256))
         key = container["keys"][0]
         hops = (key.get("key_ID_extension") or {}).get("hops", 1)

@@ -147,3 +147,146 @@ def test_sae_certificates_are_issued_once_and_rotated(make_lab):
     revoked = lab.client.post(f"/api/saes/{bundle['id']}/revoke/").json()
     assert revoked["has_certificate"] is False
     assert lab.client.post("/api/saes/", {"name": "upm-cait", "node": "CAIT"}, format="json").status_code == 409
+
+
+def test_simple_rest_per_hop_gives_one_key_per_link_each_with_its_peer_copy(make_lab):
+    lab = make_lab("upm")
+    response = lab.client.get("/api/qkd/keys?src=upm-cait&dst=upm-rect&mode=per-hop&size=128")
+    assert response.status_code == 200, response.content
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["mode"] == "per-hop" and body["path"] == ["CAIT", "CCS", "Rectorado"] and body["hops"] == 2
+    hops = body["keys"]
+    assert [(h["from"], h["to"]) for h in hops] == [("CAIT", "CCS"), ("CCS", "Rectorado")]
+    assert [(h["src"], h["dst"]) for h in hops] == [("upm-cait", "node-ccs"), ("node-ccs", "upm-rect")]
+    assert all(h["hops"] == 1 and len(base64.b64decode(h["key"])) == 16 for h in hops)  # link keys, not relayed
+    assert hops[0]["key"] != hops[1]["key"]
+    # Each hop's far end gets the same key by its ID, once.
+    for hop in hops:
+        peer = lab.client.get(f"/api/qkd/keys/{hop['key_ID']}").json()
+        assert peer["key"] == hop["key"] and peer["dst"] == hop["dst"] and peer["hops"] == 1
+    # Metered as one usage: hops x size bits.
+    assert used_bits(lab.tenant) == 2 * 128
+    assert [r.quantity for r in UsageRecord.objects.for_tenant(lab.tenant)] == [256]
+    # end-to-end stays the default; an unknown mode is a clear 400 that costs nothing
+    assert lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado").json()["hops"] == 2
+    bad = lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado&mode=teleport")
+    assert bad.status_code == 400 and "per-hop" in bad.json()["error"]["message"]
+    same = lab.client.get("/api/qkd/keys?src=upm-cait&dst=CAIT&mode=per-hop")
+    assert same.status_code == 400
+    assert used_bits(lab.tenant) == 2 * 128 + 256
+
+
+def test_per_hop_is_all_or_nothing_against_the_quota(make_lab):
+    lab = make_lab("upm")
+    set_quota_overrides(lab.tenant, {"qkd_key_bits.day": 300, "qkd_key_bits.month": -1})
+    refused = lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado&mode=per-hop&size=256")  # needs 512 bits
+    assert refused.status_code == 429 and "qkd_key_bits.day" in refused.json()["error"]["message"]
+    assert used_bits(lab.tenant) == 0 and KeyDelivery.objects.for_tenant(lab.tenant).count() == 0
+
+
+def test_delete_sae_refuses_while_deliveries_reference_it(make_lab):
+    lab = make_lab("upm")
+    lab.add_sae("upm-spare", "CCS")
+    key = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={}).json()["keys"][0]
+    for name in ("upm-cait", "upm-rect"):
+        response = lab.client.delete(f"/api/saes/{lab.bundles[name]['id']}/")
+        assert response.status_code == 409, response.content
+        assert "revoke its certificate" in response.json()["error"]["message"]
+    # nothing was deleted: the key is still on record for its slave
+    assert lab.etsi("upm-rect", "post", "upm-cait/dec_keys",
+                    data={"key_IDs": [{"key_ID": key["key_ID"]}]}).status_code == 200
+    # an SAE nothing refers to is deleted
+    assert lab.client.delete(f"/api/saes/{lab.bundles['upm-spare']['id']}/").status_code == 204
+    assert lab.client.get(f"/api/saes/{lab.bundles['upm-spare']['id']}/").status_code == 404
+
+
+def test_key_requests_have_their_own_rate_limit_bucket(make_lab, settings):
+    from tenants import ratelimit
+
+    lab = make_lab("upm")
+    settings.API_RATE_LIMIT_PER_SECOND, settings.API_RATE_LIMIT_BURST = 0.01, 2
+    settings.KEY_DELIVERY_RATE_LIMIT_PER_SECOND, settings.KEY_DELIVERY_RATE_LIMIT_BURST = 0.01, 3
+    ratelimit.limiter.cache_clear()
+    try:
+        # the token's management bucket runs dry ...
+        assert [lab.client.get("/api/me/").status_code for _ in range(3)] == [200, 200, 429]
+        # ... and key delivery, in its own bucket, still works, with its own policy in the headers
+        first = lab.etsi("upm-cait", "get", "upm-rect/status")
+        assert first.status_code == 200 and first["RateLimit-Policy"].startswith('"key-requests";q=3')
+        assert lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={}).status_code == 200
+        assert lab.etsi("upm-cait", "get", "upm-rect/status").status_code == 200
+        throttled = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={})
+        assert throttled.status_code == 429 and int(throttled["Retry-After"]) >= 1
+        assert "message" in throttled.json()  # the ETSI error format
+        assert used_bits(lab.tenant) == 256  # the throttled request took nothing
+    finally:
+        ratelimit.limiter.cache_clear()
+
+
+def test_the_default_key_rate_limit_does_not_throttle_a_client_beyond_the_api_burst(make_lab, settings):
+    from tenants import ratelimit
+
+    lab = make_lab("upm")
+    ratelimit.limiter.cache_clear()
+    try:
+        rate, burst, _ = ratelimit.scope_limits("keys")
+        # A 004 stream at its default QoS (40 kbit/s in 32-byte chunks) is ~157 get_key calls a second per SAE.
+        assert rate >= 2 * 40000 / 256 and burst >= rate
+        # More key requests back to back than the management API's whole burst: none is throttled.
+        unknown = {"key_IDs": [{"key_ID": "00000000-0000-4000-8000-000000000000"}]}
+        codes = {lab.etsi("upm-rect", "post", "upm-cait/dec_keys", data=unknown).status_code
+                 for _ in range(settings.API_RATE_LIMIT_BURST + 20)}
+        assert codes == {400}
+    finally:
+        ratelimit.limiter.cache_clear()
+
+
+def test_keys_a_kme_delivers_twice_are_refused_and_charged_once_even_with_the_quota_used_up(make_lab):
+    import uuid
+
+    from portal.errors import QuotaExceeded, ServiceUnavailable
+    from services import delivery
+    from services.models import Sae
+    from services.sdqkd.client import DeliveredKey
+
+    lab = make_lab("upm")
+    # The day window is counted first and unlimited here; the month window refuses: the refusal must take the
+    # day window's addition back too.
+    set_quota_overrides(lab.tenant, {"qkd_key_bits.day": -1, "qkd_key_bits.month": 512})
+    master, slave = (Sae.objects.for_tenant(lab.tenant).get(name=n) for n in ("upm-cait", "upm-rect"))
+    keys = [DeliveredKey(str(uuid.uuid4()), "") for _ in range(2)]
+    delivery.record_delivery(lab.tenant, master, [slave], keys, 256, reference="test")
+    with pytest.raises(ServiceUnavailable, match="delivered before"):  # a faulty KME repeats key IDs
+        delivery.record_delivery(lab.tenant, master, [slave], list(reversed(keys)), 256, reference="test")
+    with pytest.raises(QuotaExceeded, match=r"qkd_key_bits\.month"):
+        delivery.record_delivery(lab.tenant, master, [slave], [DeliveredKey(str(uuid.uuid4()), "")], 256,
+                                 reference="test")
+    states = {s.quota_key: s.used for s in quota.quota_states(lab.tenant)}
+    assert states["qkd_key_bits.day"] == states["qkd_key_bits.month"] == 512
+    assert [r.quantity for r in UsageRecord.objects.for_tenant(lab.tenant)] == [512]
+    assert KeyDelivery.objects.for_tenant(lab.tenant).count() == 2
+
+
+def test_multicast_to_two_saes_of_one_node_and_the_master_cannot_be_its_own_slave(make_lab):
+    lab = make_lab("upm")
+    lab.add_sae("upm-rect-2", "Rectorado")
+    response = lab.etsi("upm-cait", "post", "upm-rect/enc_keys",
+                        data={"number": 2, "size": 256, "additional_slave_SAE_IDs": ["upm-rect-2"]})
+    assert response.status_code == 200, response.content
+    keys = response.json()["keys"]
+    ids = {"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]}
+    for slave in ("upm-rect", "upm-rect-2"):  # two tenant SAEs at Rectorado: both get the keys, once each
+        fetched = lab.etsi(slave, "post", "upm-cait/dec_keys", data=ids)
+        assert fetched.status_code == 200, fetched.content
+        assert [k["key"] for k in fetched.json()["keys"]] == [k["key"] for k in keys]
+        assert lab.etsi(slave, "post", "upm-cait/dec_keys", data=ids).status_code == 400
+    assert used_bits(lab.tenant) == 512  # a multicast key is charged once, not per slave
+
+    for bad in (["upm-rect"], ["upm-cait"], ["upm-rect-2", "upm-rect-2"]):
+        refused = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={"additional_slave_SAE_IDs": bad})
+        assert refused.status_code == 400, (bad, refused.content)
+    for path in ("upm-cait/enc_keys", "upm-cait/status"):
+        itself = lab.etsi("upm-cait", "get", path)
+        assert itself.status_code == 400 and "must differ" in itself.json()["message"]
+    assert used_bits(lab.tenant) == 512
