@@ -241,13 +241,20 @@ STORAGES = {
 
 # --- Logging: structured enough to grep, never key material or token secrets -------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+CELERY_JOB_LOG_LEVEL = env.str("CELERY_JOB_LOG_LEVEL", default="WARNING")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Beat runs jobs every few seconds: one INFO line per job sent, received and done would bury everything
+        # else. Failures still log at ERROR. CELERY_JOB_LOG_LEVEL=INFO brings them back.
+        **{name: {"level": CELERY_JOB_LOG_LEVEL}
+           for name in ("celery.beat", "celery.worker.strategy", "celery.app.trace")},
+    },
 }
 
 SESSION_COOKIE_HTTPONLY = True
