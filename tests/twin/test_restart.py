@@ -124,7 +124,10 @@ def test_kill_9_under_concurrent_traffic_loses_no_delivered_key(twin_factory):
     threads = [threading.Thread(target=master, args=(slave,)) for slave in ("sae-ccs-1", "sae-rectorado-1") * 2]
     for t in threads:
         t.start()
-    time.sleep(0.7)
+    # Kill once traffic is flowing (on a loaded machine the first requests may take a while; no timing assumed).
+    deadline = time.monotonic() + 20
+    while len(delivered) < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
     twin.kill()
     stop.set()
     for t in threads:

@@ -71,6 +71,14 @@ def test_a_valid_file_parses():
         ('{id: B, kme_address: "127.0.0.1:0"}', '{id: A, kme_address: "127.0.0.1:0"}', 4, "nodes.1.id"),
         ("    key_store_capacity_bits: 1048576\n", "", 6, "links.0"),
         ("physics:", "physics: [", 11, "yaml"),  # where the parser gives up
+        ("block_size_bits: 8192", "block_size_bits: 8192\n    mode: quantum", 13, "links.0.mode"),
+        ("block_size_bits: 8192", "block_size_bits: 8192\n    mode: protocol\n    protocol_fraction: 1.5", 14,
+         "links.0.protocol_fraction"),
+        ("block_size_bits: 8192", "block_size_bits: 8192\n    protocol_fraction: 0.5", 13,
+         "links.0.protocol_fraction"),  # only a protocol-mode link samples
+        ("block_size_bits: 8192", "block_size_bits: 8192\n    postprocessing_block_bits: 5", 13,
+         "links.0.postprocessing_block_bits"),
+        ("block_size_bits: 8192", "block_size_bits: 8192\n    moda: protocol", 13, "links.0.moda"),
     ],
 )
 def test_invalid_files_name_the_line_and_the_field(old, new, line, field):

@@ -485,6 +485,15 @@ def run_block(
 STATISTICAL_MESSAGES = 200
 
 
+def statistical_key(seed: int, key_bits: int) -> bytes:
+    """The key both ends of a statistical-mode block derive from the block's shared seed (``key_bits // 8`` bytes).
+    A separate stream from the one that sampled the counts, so an end that only knows the seed and the length
+    (the twin's far end) derives the same bytes without re-running the sampling."""
+    if key_bits <= 0:
+        return b""
+    return np.random.default_rng(np.random.SeedSequence([seed, 0x6B6579])).bytes(key_bits // 8)
+
+
 def run_statistical_block(
     params: LinkParams,
     attack: AttackConfig = NO_ATTACK,
@@ -498,6 +507,8 @@ def run_statistical_block(
     finite-key accounting (error correction leaking f * n * H2(QBER), f = the link's ec_efficiency unless given),
     and identical key bytes at both ends from a per-block shared seed."""
     started = time.perf_counter()
+    if seed is None:
+        seed = int.from_bytes(os.urandom(16), "big")
     rng = np.random.default_rng(seed)
     size = block_size or block_size_for(params, 200_000)
     f = ec_efficiency or params.ec_efficiency
@@ -578,8 +589,12 @@ def run_statistical_block(
     key_bits = max(0, (length - auth_bits) // 8 * 8) if not abort else 0
     if not abort and key_bits == 0:
         abort = "no secret key at this block size / error rate"
-    key = np.random.default_rng(rng.integers(0, 2**62)).bytes(key_bits // 8) if key_bits else b""
+    key = statistical_key(seed, key_bits)
     duration = block_duration_s(params, size)
+    if params.technology == "cv-qkd":
+        tel["model_reconciliation_efficiency"] = params.reconciliation_efficiency
+    else:
+        tel["reconciliation_efficiency"] = f  # the leak is modelled as f n H2(e), so f is what telemetry reports
     tel.update(aborted=bool(abort), abort_reason=abort, pa_output_bits=length, auth_key_bits=auth_bits,
                final_bits=key_bits, block_size=size, block_duration_s=duration,
                secret_key_rate_bps=key_bits / duration, block_latency_s=time.perf_counter() - started,

@@ -26,6 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="node i listens on N+i (0: ephemeral ports); default: the topology's addresses")
     parser.add_argument("--node", action="append", default=None,
                         help="run only this node (repeatable); the others run in their own processes")
+    parser.add_argument("--mode", choices=("protocol", "statistical", "analytical"), default=None,
+                        help="run every link in this mode (default: each link's mode from the topology)")
+    parser.add_argument("--protocol-workers", type=int, default=2,
+                        help="worker processes for protocol-mode blocks (0: protocol links run statistical)")
+    parser.add_argument("--protocol-cpu", type=float, default=0.25,
+                        help="CPU cores the protocol workers may use in total, shared by the links (default 0.25)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -36,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topology = load_topology(args.topology)
         twin = Twin(topology, args.state_dir, args.host, args.base_port, args.insecure_http, args.time_scale,
-                    args.node)
+                    args.node, protocol_workers=args.protocol_workers, protocol_cpu=args.protocol_cpu,
+                    mode=args.mode)
     except (TopologyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,20 +22,25 @@ import aiohttp
 from aiohttp import web
 
 from services.sdqkd.physics.analytical import PhysicsParameterError
+from services.sdqkd.physics.attacks import AttackConfig
 
 from .errors import BadRequest, TwinError
 from .etsi004 import KeyStreams
 from .kme import KME, PeerError
 from .link import LinkRuntime
+from .parties import PartyPool
 from .pki import TwinPKI
-from .producer import AnalyticalBlockProducer
+from .producer import AnalyticalBlockProducer, BlockProducer
 from .server import build_app
+from .simulated import PeerEnd, QkdNode, SimulatedBlockProducer
 from .store import NodeStore
-from .topology import Topology
+from .telemetry import prometheus_link_blocks
+from .topology import MODES, Topology
 
 log = logging.getLogger("twin")
 
 ENDPOINTS_FILE = "endpoints.json"
+ADMIN_ACTIONS = ("cut", "restore", "physics", "attack", "clear-attack", "drain")
 PHYSICS_FIELDS_ADMIN = ("total_loss_db", "attenuation_db_per_km", "length_km", "extra_loss_db", "excess_noise",
                         "misalignment_error", "dark_count_probability", "detector_efficiency", "visibility")
 
@@ -78,6 +84,9 @@ class Twin:
         insecure: bool = False,
         time_scale: float = 1.0,
         nodes: list[str] | None = None,
+        protocol_workers: int = 2,
+        protocol_cpu: float = 0.25,
+        mode: str | None = None,
     ):
         if insecure and host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("--insecure-http is only allowed on loopback")
@@ -91,6 +100,15 @@ class Twin:
         self.insecure = insecure
         self.time_scale = time_scale
         self.local_nodes = list(nodes or topology.nodes)
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if protocol_workers < 0 or protocol_cpu < 0:
+            raise ValueError("protocol workers and CPU budget must not be negative")
+        self.mode_override = mode  # every link in this mode (tests, benchmarks), else each link's own
+        self.protocol_workers = protocol_workers
+        self.protocol_cpu = protocol_cpu  # cores the protocol workers may use in total, shared by the links
+        self.pool = PartyPool(0)
+        self.qkd_nodes: dict[str, QkdNode] = {}
         self.started_at = 0.0
         self.pki: TwinPKI | None = None
         self.stores: dict[str, NodeStore] = {}
@@ -142,26 +160,25 @@ class Twin:
 
         for node_id in self.local_nodes:
             self.stores[node_id] = NodeStore(self.state_dir / "nodes" / node_id / "store.sqlite", node_id)
-        for spec in self.topology.links.values():
-            local = {end: self.stores[end] for end in spec.endpoints if end in self.stores}
-            producer = AnalyticalBlockProducer(spec.params, spec.block_size_bits, self.time_scale)
-            sink = self._remote_sink(spec.endpoints[0]) if local else None
-            self.links[spec.id] = LinkRuntime(spec, producer, local, sink)
-
-        for node_id in self.local_nodes:
             client_ctx = None if self.insecure else self.pki.client_context(self.pki.node_client(node_id))
             self.peers[node_id] = HttpPeers(node_id, self.urls, client_ctx)
+        self._make_links()
+
+        for node_id in self.local_nodes:
             self.kmes[node_id] = KME(node_id, self.topology, self.stores[node_id], self.links, self.peers[node_id])
             self.streams[node_id] = KeyStreams(self.kmes[node_id], self.time_scale)
 
         for node_id in self.local_nodes:
-            runner = web.AppRunner(build_app(self, node_id), access_log=None, handle_signals=False)
+            # Shutdown waits at most 5 s for requests in flight (a protocol block's result, say), not 60.
+            runner = web.AppRunner(build_app(self, node_id), access_log=None, handle_signals=False,
+                                   shutdown_timeout=5.0)
             await runner.setup()
             server_ctx = None if self.insecure else self.pki.server_context(node_id)
             await web.SockSite(runner, sockets[node_id], ssl_context=server_ctx).start()
             self._runners.append(runner)
             self.kmes[node_id].start()
 
+        self.pool.start()  # protocol workers start in the background: the first blocks are statistical
         for link in self.links.values():
             # The generator of a link runs where its first end lives (or where any end lives, all-in-one).
             if link.spec.endpoints[0] in self.stores:
@@ -176,20 +193,58 @@ class Twin:
             (time.monotonic() - self.started_at) * 1000,
         )
 
+    def _make_links(self) -> None:
+        """A runtime per link; a block producer per its mode. Links in mode protocol/statistical are driven by
+        their first end (Alice), which must live in this process; elsewhere they get a placeholder."""
+        specs = [dataclasses.replace(spec, mode=self.mode_override,
+                                     protocol_fraction=spec.protocol_fraction if self.mode_override == "protocol"
+                                     else None) if self.mode_override else spec
+                 for spec in self.topology.links.values()]
+        driven = [s for s in specs if s.mode != "analytical" and s.endpoints[0] in self.stores]
+        protocol_links = [s for s in driven if s.mode == "protocol"]
+        # Bob's end needs workers too: any local end of a protocol link.
+        ends_protocol = any(s.mode == "protocol" and set(s.endpoints) & set(self.stores) for s in specs)
+        self.pool = PartyPool(self.protocol_workers if ends_protocol else 0)
+        for node_id in self.local_nodes:
+            self.qkd_nodes[node_id] = QkdNode(node_id, self.topology.links, self.pool, self.peers[node_id])
+        cpu_share = self.protocol_cpu / max(1, len(protocol_links))
+        for spec in specs:
+            local = {end: self.stores[end] for end in spec.endpoints if end in self.stores}
+            producer: BlockProducer
+            if spec in driven:
+                a, b = spec.endpoints
+                producer = SimulatedBlockProducer(
+                    spec, node=self.qkd_nodes[a], peer=PeerEnd(spec.id, a, b, self.peers[a], self.qkd_nodes.get(b)),
+                    time_scale=self.time_scale, cpu_share=cpu_share,
+                )
+            else:
+                producer = AnalyticalBlockProducer(spec.params, spec.block_size_bits, self.time_scale)
+            sink = self._remote_sink(spec.endpoints[0]) if local else None
+            runtime = LinkRuntime(spec, producer, local, sink)
+            if isinstance(producer, SimulatedBlockProducer):
+                producer.is_up = runtime.is_up
+            self.links[spec.id] = runtime
+
     def _remote_sink(self, producer_end: str):
-        async def sink(link_id: str, seq: int, owner: str, key: bytes) -> None:
+        async def sink(link_id: str, seq: int, owner: str, key: bytes, cut: dict[str, Any] | None) -> None:
             link = self.topology.links[link_id]
             receiver = link.endpoints[1] if link.endpoints[0] in self.stores else link.endpoints[0]
-            await self.peers[producer_end].post_bytes(
-                receiver, "/twin/v1/link-blocks", {"link": link_id, "seq": str(seq), "owner": owner}, key
-            )
+            params = {"link": link_id, "seq": str(seq), "owner": owner}
+            if cut is not None:  # the receiver cuts its own key from its buffer; no key bytes travel
+                params.update({k: str(v) for k, v in cut.items()})
+            await self.peers[producer_end].post_bytes(receiver, "/twin/v1/link-blocks", params, key)
 
         return sink
 
-    def receive_block(self, node_id: str, sender: str, link_id: str, seq: int, owner: str, key: bytes) -> None:
+    def receive_block(self, node_id: str, sender: str, link_id: str, seq: int, owner: str, key: bytes,
+                      cut: dict[str, Any] | None = None) -> None:
         link = self.topology.links.get(link_id)
         if link is None or {node_id, sender} != set(link.endpoints) or owner not in link.endpoints:
             raise BadRequest("not a link between these nodes")
+        if cut is not None:
+            if self.stores[node_id].has_block(link_id, seq):
+                return  # a retransmission: the key was cut already
+            key = self.qkd_nodes[node_id].cut(link_id, str(cut["epoch"]), int(cut["offset"]), int(cut["nbytes"]))
         self.stores[node_id].add_block(link_id, seq, owner, key)
 
     def _write_endpoints(self) -> None:
@@ -217,9 +272,13 @@ class Twin:
 
     async def stop(self) -> None:
         for link in self.links.values():
-            await link.stop()
+            try:
+                await asyncio.wait_for(link.stop(), 5)  # a protocol block in flight must not hold shutdown
+            except TimeoutError:
+                log.warning("link %s did not stop in time", link.id)
         for kme in self.kmes.values():
             await kme.stop()
+        await self.pool.close()
         for runner in self._runners:
             await runner.cleanup()
         for peers in self.peers.values():
@@ -245,13 +304,21 @@ class Twin:
                 link.set_physics(**body)
             except PhysicsParameterError as exc:
                 raise BadRequest("invalid physical parameter", [{exc.field: exc.message}]) from exc
+        elif action in ("attack", "clear-attack"):
+            # Eve (or a fault) on the link: the whole attack configuration; {} or clear-attack removes it.
+            if action == "attack" and not isinstance(body, dict):
+                raise BadRequest("give the attack as an object", [{"allowed": list(AttackConfig().to_mapping())}])
+            try:
+                attack = AttackConfig.from_mapping(body if action == "attack" else {})
+            except PhysicsParameterError as exc:
+                raise BadRequest("invalid attack parameter", [{exc.field: exc.message}]) from exc
+            link.set_attack(attack)
         elif action == "drain":
             for store in link.stores.values():
                 with store.transaction() as tx:
                     tx.drain(link_id)
         else:
-            raise TwinError("unknown action", [{"action": action, "allowed": ["cut", "restore", "physics", "drain"]}],
-                            status=404)
+            raise TwinError("unknown action", [{"action": action, "allowed": list(ADMIN_ACTIONS)}], status=404)
         if not forwarded and len(self.stores) < len(self.topology.nodes):
             # One node per process: every node routes, so every node hears of the change (a drain only matters
             # to the link's ends).
@@ -318,7 +385,21 @@ class Twin:
                [({"node": n}, s.counters["keys_delivered"]) for n, s in stores])
         family("qkd_node_relay_hops_total", "counter", "Key transfers relayed through the node (trusted node).",
                [({"node": n}, s.counters["relay_hops"]) for n, s in stores])
+        prometheus_link_blocks(family, views)
+        family("qkd_node_protocol_messages_received_total", "counter",
+               "Classical post-processing messages received from other nodes (protocol mode).",
+               [({"node": n}, q.counters["classical_messages_received"]) for n, q in self.qkd_nodes.items()])
         return "\n".join(lines) + "\n"
+
+    def link_blocks(self, link_id: str, limit: int) -> dict[str, Any]:
+        """The recent post-processing blocks of a link, newest last (mode protocol/statistical)."""
+        link = self.links.get(link_id)
+        if link is None:
+            raise TwinError("unknown link", [{"link": link_id}], status=404)
+        producer = link.producer
+        if not isinstance(producer, SimulatedBlockProducer) or not link.stores:
+            return {"link": link_id, "mode": link.spec.mode, "blocks": []}
+        return {"link": link_id, "mode": producer.mode, "blocks": list(producer.history)[-limit:]}
 
 
 async def run_until_signalled(twin: Twin, stop: asyncio.Event) -> None:

@@ -1,8 +1,9 @@
 """Key block producers: the seam between a QKD link's physics and its key stores.
 
 A producer yields blocks of secret key that are identical at both ends of the link. The analytical producer
-here draws the bytes from ``os.urandom`` at the model's secret key rate; a later protocol simulation (both ends
-run separately, sifting, Cascade, privacy amplification) implements the same protocol.
+here draws the bytes from ``os.urandom`` at the model's secret key rate. ``simulated.SimulatedBlockProducer``
+implements the same protocol for links in mode ``protocol`` or ``statistical``: both ends run the post-processing
+separately and each end's store receives that end's own key.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from services.sdqkd.physics.analytical import LinkParams, LinkPerformance, perfo
 
 @dataclass(frozen=True)
 class KeyBlock:
-    """One block of distilled secret key; ``key`` is the same bytes at both ends of the link."""
+    """One block of distilled secret key; ``key`` is the same bytes at both ends of the link.
+
+    A two-party producer gives ``key`` as the generating end's copy, ``peer_key`` as the other end's own copy
+    when that end lives in this process, and ``cut`` (epoch, offset, nbytes) for the other end to cut its own
+    copy from its buffer when it does not (no key bytes cross the node-to-node interface then)."""
 
     key: bytes
     telemetry: dict[str, Any] = field(default_factory=dict)
+    peer_key: bytes | None = None
+    cut: dict[str, Any] | None = None
 
 
 class BlockProducer(Protocol):

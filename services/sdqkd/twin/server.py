@@ -215,8 +215,39 @@ def build_app(twin: Twin, node_id: str) -> web.Application:
     async def link_block(request: web.Request) -> web.Response:
         sender = node_of(request)
         q = request.query
-        twin.receive_block(node_id, sender, q["link"], int(q["seq"]), q["owner"], await request.read())
+        cut = {k: q[k] for k in ("epoch", "offset", "nbytes")} if "epoch" in q else None
+        twin.receive_block(node_id, sender, q["link"], int(q["seq"]), q["owner"], await request.read(), cut)
         return web.json_response({"ok": True})
+
+    # -- node to node: the classical channel of protocol-mode blocks, and the ends' key buffers -----------
+    qkd = twin.qkd_nodes[node_id]
+
+    async def qkd_msg(request: web.Request) -> web.Response:
+        sender = node_of(request)
+        seq = int_param(request, "seq")
+        await qkd.message(sender, request.query.get("session", ""), seq or 0, await request.read())
+        return web.json_response({"ok": True})
+
+    async def qkd_event(request: web.Request) -> web.Response:
+        sender = node_of(request)
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("expected a JSON object")
+        event = request.match_info["event"]
+        try:
+            if event == "open":
+                return web.json_response(await qkd.open(sender, body))
+            if event == "result":
+                return web.json_response(await qkd.result(sender, body))
+            if event == "cancel":
+                return web.json_response(await qkd.cancel(sender, body))
+            if event == "commit":
+                return web.json_response(qkd.commit(sender, body))
+            if event == "discard":
+                return web.json_response(qkd.discard(sender, body))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRequest("malformed protocol message", [{"error": str(exc)}]) from exc
+        raise web.HTTPNotFound()
 
     async def link_admin_forwarded(request: web.Request) -> web.Response:
         node_of(request)
@@ -237,12 +268,18 @@ def build_app(twin: Twin, node_id: str) -> web.Application:
         require_authenticated(request)
         return web.json_response(twin.topology_view())
 
+    async def link_blocks(request: web.Request) -> web.Response:
+        require_authenticated(request)
+        limit = int_param(request, "limit") or 32
+        return web.json_response(twin.link_blocks(request.match_info["link"], max(1, min(limit, 256))))
+
     async def metrics(request: web.Request) -> web.Response:
         require_authenticated(request)
         return web.Response(text=twin.prometheus_text(), content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 
-    app = web.Application(middlewares=[errors_and_identity], client_max_size=4 << 20)
+    # Protocol-mode messages carry a block's click indices and bases (several MB for a 1 Mbit block).
+    app = web.Application(middlewares=[errors_and_identity], client_max_size=64 << 20)
     app.router.add_get("/api/v1/keys/{slave}/status", status)
     app.router.add_route("GET", "/api/v1/keys/{slave}/enc_keys", enc_keys)
     app.router.add_route("POST", "/api/v1/keys/{slave}/enc_keys", enc_keys)
@@ -260,6 +297,9 @@ def build_app(twin: Twin, node_id: str) -> web.Application:
     app.router.add_post("/twin/v1/streams/{event}", stream_event)
     app.router.add_post("/twin/v1/link-blocks", link_block)
     app.router.add_post("/twin/v1/link-admin", link_admin_forwarded)
+    app.router.add_post("/twin/v1/qkd/msg", qkd_msg)
+    app.router.add_post("/twin/v1/qkd/{event}", qkd_event)
+    app.router.add_get("/api/v1/links/{link}/blocks", link_blocks)
     app.router.add_post("/api/v1/admin/links/{link}/{action}", admin_link)
     app.router.add_get("/api/v1/topology", topology)
     app.router.add_get("/metrics", metrics)

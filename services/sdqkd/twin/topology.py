@@ -16,6 +16,11 @@ from .errors import TopologyError
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
 TECHNOLOGIES = ("dv-bb84-decoy", "e91", "cv-qkd")
+# How a link makes key (docs/twin.md): the full two-party protocol simulation (on a CPU-sustainable sample of its
+# blocks unless protocol_fraction says otherwise), counts sampled from the same model, or the analytical rate.
+MODES = ("protocol", "statistical", "analytical")
+DEFAULT_MODE = "statistical"
+DEFAULT_POSTPROCESSING_BLOCK_BITS = 200_000
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 # ETSI 014 limits every KME announces in `status`, unless the topology's `kme:` section overrides them.
@@ -45,6 +50,12 @@ class LinkSpec:
     key_store_capacity_bits: int
     block_size_bits: int
     description: str = ""
+    mode: str = DEFAULT_MODE
+    # protocol mode: fraction of post-processing blocks run as the full protocol (the rest statistical);
+    # None = as many as the twin's protocol CPU budget sustains at the link's rate.
+    protocol_fraction: float | None = None
+    # sifted (key-candidate) bits per post-processing block, which sets the finite-size effects
+    postprocessing_block_bits: int = DEFAULT_POSTPROCESSING_BLOCK_BITS
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,30 @@ def _parse_address(doc: _Located, path: tuple, value: Any) -> tuple[str, int]:
     return host, int(port_text)
 
 
+LINK_FIELDS = {"id", "description", "endpoints", "technology", "physics", "key_store_capacity_bits",
+               "block_size_bits", "mode", "protocol_fraction", "postprocessing_block_bits"}
+
+
+def _parse_mode(doc: _Located, raw: Mapping, path: tuple) -> tuple[str, float | None, int]:
+    mode = raw.get("mode", DEFAULT_MODE)
+    if mode not in MODES:
+        raise doc.error((*path, "mode"), f"must be one of {', '.join(MODES)}, got {mode!r}")
+    fraction = raw.get("protocol_fraction")
+    if fraction is not None:
+        if mode != "protocol":
+            raise doc.error((*path, "protocol_fraction"), "only a link in mode 'protocol' has a protocol_fraction")
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+            raise doc.error((*path, "protocol_fraction"), f"must be a number in [0, 1], got {fraction!r}")
+        fraction = float(fraction)
+    pp_bits = raw.get("postprocessing_block_bits", DEFAULT_POSTPROCESSING_BLOCK_BITS)
+    if isinstance(pp_bits, bool) or not isinstance(pp_bits, int) or not 10_000 <= pp_bits <= 10_000_000:
+        raise doc.error((*path, "postprocessing_block_bits"), f"must be an integer in [10000, 10000000], "
+                                                              f"got {pp_bits!r}")
+    if mode == "analytical" and "postprocessing_block_bits" in raw:
+        raise doc.error((*path, "postprocessing_block_bits"), "an analytical link has no post-processing blocks")
+    return mode, fraction, pp_bits
+
+
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
     doc = _Located(text, source)
     data = doc.data
@@ -212,9 +247,14 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             raise doc.error((*path, "block_size_bits"), "must be a positive multiple of 8")
         if capacity < 2 * block:
             raise doc.error((*path, "key_store_capacity_bits"), "must hold at least two blocks")
+        unknown_fields = set(raw) - LINK_FIELDS
+        if unknown_fields:
+            key = sorted(map(str, unknown_fields))[0]
+            raise doc.error((*path, key), f"unknown field '{key}'")
+        mode, fraction, pp_bits = _parse_mode(doc, raw, path)
         links[link_id] = LinkSpec(
             link_id, (endpoints[0], endpoints[1]), technology, params, capacity, block,
-            str(raw.get("description", "")),
+            str(raw.get("description", "")), mode, fraction, pp_bits,
         )
 
     saes: dict[str, SaeSpec] = {}
