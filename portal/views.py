@@ -141,6 +141,8 @@ def services_page(request: HttpRequest) -> HttpResponse:
             messages.error(request, exc.message)
     try:
         network = network_view(include_internal=request.user.is_staff)
+        for link in network.get("links", []):
+            link["qber_percent"] = 100 * link["qber"] if isinstance(link.get("qber"), (int, float)) else None
     except ApiError:
         network = {"nodes": [], "links": [], "telemetry": False}
     context = {"tenant_context": ctx, "network": network, "bundle": bundle,

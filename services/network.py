@@ -14,7 +14,8 @@ from .models import QkdNode
 from .sdqkd.client import KmeRejected, KmeUnavailable
 
 LINK_FIELDS = ("id", "endpoints", "technology", "state", "secret_key_rate_bps", "qber", "key_store_fill_bits",
-               "key_store_capacity_bits", "keys_consumed_bits", "loss_db", "mode")
+               "key_store_capacity_bits", "keys_consumed_bits", "loss_db", "mode",
+               "protocol")  # per-block protocol telemetry (QBER by basis, f, aborts, attack in force)
 
 
 def network_view(include_internal: bool = False) -> dict[str, Any]:

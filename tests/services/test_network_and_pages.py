@@ -18,6 +18,10 @@ def test_network_api_shows_links_with_live_state(make_lab):
     assert set(links) == {"cait-ccs", "ccs-rectorado"}
     assert links["ccs-rectorado"]["secret_key_rate_bps"] > 0 and 0 < links["ccs-rectorado"]["qber"] < 0.05
     assert "kme_url" not in view["nodes"][0]  # internal addresses are for operators only
+    # madqci makes key with the protocol simulation: per-block telemetry reaches tenants
+    protocol = links["ccs-rectorado"]["protocol"]
+    assert links["ccs-rectorado"]["mode"] == "protocol" and protocol["mode"] == "protocol"
+    assert protocol["attack_active"] is False and set(protocol["aborted_blocks"]) == {"protocol", "statistical"}
 
 
 def test_services_page_registers_an_sae_and_shows_the_bundle_once(make_lab):
@@ -26,6 +30,8 @@ def test_services_page_registers_an_sae_and_shows_the_bundle_once(make_lab):
     browser.force_login(lab.owner)
     html = browser.get("/services/").content.decode()
     assert "ccs-rectorado" in html and "upm-cait" in html
+    assert re.search(r"protocol: \d+ protocol / \d+ statistical blocks", html)
+    assert re.search(r"\d\.\d\d %", html)  # QBER in percent, to two decimals
     response = browser.post("/services/", {"name": "web-sae", "node": "CCS"})
     html = response.content.decode()
     assert response["Cache-Control"] == "no-store"
