@@ -15,6 +15,7 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 15
+GUNICORN_CONFIG = "python:portal.gunicorn_conf"  # worker hooks (gc.freeze after loading the portal)
 
 
 def etsi_https_command(port: int, workers: int = 2) -> list[str]:
@@ -32,7 +33,7 @@ def etsi_https_command(port: int, workers: int = 2) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
             "--threads", "8", "--certfile", str(cert), "--keyfile", str(key),
             "--ca-certs", str(pki.pki_dir() / "ca.crt"), "--cert-reqs", "1",
-            "--graceful-timeout", "10", "--access-logfile", "-"]
+            "--graceful-timeout", "10", "--access-logfile", "-", "--config", GUNICORN_CONFIG]
 
 
 def commands(port: int) -> dict[str, list[str]]:
@@ -40,7 +41,7 @@ def commands(port: int) -> dict[str, list[str]]:
     var = os.environ.get("QXAAS_VAR_DIR", str(BASE_DIR / "var"))
     procs = {
         "web": [py, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10"],
+                "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10", "--config", GUNICORN_CONFIG],
         "etsi-https": etsi_https_command(int(os.environ.get("ETSI_HTTPS_PORT", "8443"))),
         "worker": [py, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO", "--concurrency", "2"],
         "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",

@@ -15,9 +15,10 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from portal.errors import BadRequest, ServiceUnavailable
@@ -30,6 +31,7 @@ from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
 METER = "qkd_key_bits"
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_LIST_RE = re.compile(rf"(?:{UUID_RE.pattern},)*{UUID_RE.pattern}")  # comma-separated: one regex call a batch
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,9 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
     backend_slaves = multicast_backend_saes(pair, [slave, *extra_slaves])
     backend_extra = backend_slaves[1:]
     bits = number * size
-    # Read once for the pre-check and the decision: the same request, milliseconds apart.
-    limits = quota.effective_limits(tenant)
-    quota.check(tenant, METER, bits, limits=limits)  # refuse before taking keys out of the pool
+    # Refuse before taking keys out of the pool. The limits are read once, with the counters (one query), for
+    # the pre-check and the decision: the same request, milliseconds apart.
+    limits = quota.check(tenant, METER, bits)
     try:
         keys = registry.client_for(pair.master_node).enc_keys(
             pair.slave_sae, number=number, size=size, additional_slave_sae_ids=backend_extra or None,
@@ -155,7 +157,7 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
         raise _backend_error(exc, pair.master_node) from None
     record_deliveries(tenant, [Delivery(master, [slave, *extra_slaves], keys, backend_slaves)], size,
                       reference=f"etsi014:{master.name}->{slave.name}", limits=limits)
-    return {"keys": [_key_json(k) for k in keys]}
+    return {"keys": key_container(keys)}
 
 
 def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
@@ -201,18 +203,25 @@ def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, ref
 
     A malformed key ID from the KME (it goes into the database) fails before anything is recorded: the keys
     are then neither handed out nor charged."""
-    key_ids = sorted(k.key_id for d in deliveries for k in d.keys)
-    if len(key_ids) != len(set(key_ids)) or not all(UUID_RE.fullmatch(k) for k in key_ids):
+    key_ids = sorted([k.key_id for d in deliveries for k in d.keys])
+    joined = ",".join(key_ids)
+    # Every ID a UUID: the joined list matches and is exactly as long as len(key_ids) UUIDs and their commas.
+    if key_ids and (len(key_ids) != len(set(key_ids)) or len(joined) != 37 * len(key_ids) - 1
+                    or not UUID_LIST_RE.fullmatch(joined)):
         raise ServiceUnavailable("the KME returned malformed or repeated key IDs; nothing was charged")
-    idempotency_key = "keys:" + hashlib.sha256(",".join(key_ids).encode()).hexdigest()
-    with transaction.atomic():
-        record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key,
-                               reference=f"{reference}:{len(key_ids)} keys", limits=limits)
-        if record.replayed:  # these key IDs were delivered (and charged) before: never hand a key out twice
-            raise ServiceUnavailable("the KME returned keys that were delivered before; nothing was charged")
+    idempotency_key = "keys:" + hashlib.sha256(joined.encode()).hexdigest()
+
+    def insert_rows(_record) -> None:
         for d in deliveries:
             backend_slaves = d.backend_slaves or [backend_pair(d.master, slave).slave_sae for slave in d.slaves]
             insert_key_deliveries(tenant, d.master, list(zip(d.slaves, backend_slaves, strict=True)), d.keys, size)
+
+    # The key-ID rows go in inside consume's transaction (after the ledger row), so counters, ledger row and
+    # key IDs commit together or not at all, in one transaction without a savepoint.
+    record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key,
+                           reference=f"{reference}:{len(key_ids)} keys", limits=limits, then=insert_rows)
+    if record.replayed:  # these key IDs were delivered (and charged) before: never hand a key out twice
+        raise ServiceUnavailable("the KME returned keys that were delivered before; nothing was charged")
 
 
 # -- per-hop extraction ------------------------------------------------------------------------------------
@@ -274,8 +283,7 @@ def per_hop_keys(tenant: Tenant, src: Sae, dst: Sae, size: Any,
         _, hop_size, _ = validate_key_request(_limits(pair), 1, size, None, None)
         hops.append((master, slave, pair, hop_size))
     size = hops[0][3]
-    limits = quota.effective_limits(tenant)
-    quota.check(tenant, METER, size * len(hops), limits=limits)  # before any hop takes key from a link
+    limits = quota.check(tenant, METER, size * len(hops))  # before any hop takes key from a link
     taken = []
     for master, slave, pair, _ in hops:
         try:
@@ -298,42 +306,52 @@ def insert_key_deliveries(tenant: Tenant, master: Sae, slaves: list[tuple[Sae, s
     """One ``KeyDelivery`` row per key and slave, written with one COPY (PostgreSQL) or one executemany.
 
     ``bulk_create`` spent most of a 1024-key request building model instances and SQL. The rows are the same
-    (every column of the model, defaults for the ones not set here) and the constraints still apply.
+    (every column of the model, defaults for the ones not set here) and the constraints still apply. The key
+    IDs must be validated UUID strings (``record_deliveries`` checks them before anything is written).
     """
-    now = timezone.now()
-    fields = [f for f in KeyDelivery._meta.concrete_fields if not f.primary_key]
-    fixed = {"tenant_id": tenant.pk, "master_id": master.pk, "size_bits": size, "created_at": now, "fetched_at": None}
-    defaults = {f.attname: f.get_default() for f in fields
-                if f.attname not in fixed and f.attname not in ("key_id", "slave_id", "hops", "backend_slave_sae")}
-    template = {**fixed, **defaults}
+    fields = {f.attname: f for f in KeyDelivery._meta.concrete_fields if not f.primary_key}
+    per_row = ("key_id", "slave_id", "hops", "backend_slave_sae")
+    fixed = {"tenant_id": tenant.pk, "master_id": master.pk, "size_bits": size, "created_at": timezone.now(),
+             "fetched_at": None}
+    constant = {name: fixed[name] if name in fixed else f.get_default() for name, f in fields.items()
+                if name not in per_row}
     table = connection.ops.quote_name(KeyDelivery._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    columns = ", ".join(connection.ops.quote_name(fields[name].column) for name in (*per_row, *constant))
+    # hops comes from the key's extension; local keys have none (or none that says hops), the common case.
+    hops = [k.hops if k.key_id_extension else 0 for k in keys]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # The key IDs go in as validated UUID strings (record_delivery): PostgreSQL parses them, which is
-            # cheaper than building a uuid.UUID per key for psycopg to dump again.
-            names = [f.attname for f in fields]
-            key_at, slave_at, hops_at = names.index("key_id"), names.index("slave_id"), names.index("hops")
-            backend_at = names.index("backend_slave_sae")
-            base = [template.get(f.attname) for f in fields]
+            # COPY text format built in one string: the per-key columns first, then the constant ones formatted
+            # once (psycopg's write_row per row cost ~5 us a key). Key IDs are validated UUID strings, which
+            # PostgreSQL parses (cheaper than a uuid.UUID per key for psycopg to dump again).
+            tail = "\t".join(_copy_text(v) for v in constant.values()) + "\n"
+            per_slave = [(f"\t{slave.pk}\t", f"\t{_copy_text(backend)}\t{tail}") for slave, backend in slaves]
+            data = "".join([f"{key.key_id}{mid}{hop}{end}" for key, hop in zip(keys, hops, strict=True)
+                            for mid, end in per_slave])
             with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for key in keys:
-                    row = list(base)
-                    row[key_at], row[hops_at] = key.key_id, key.hops
-                    for slave, backend_slave in slaves:
-                        row[slave_at], row[backend_at] = slave.pk, backend_slave
-                        copy.write_row(row)
+                copy.write(data)
         else:
-            rows = []
-            for key in keys:
-                key_id, hops = uuid.UUID(key.key_id), key.hops
-                for slave, backend_slave in slaves:
-                    row = {**template, "key_id": key_id, "slave_id": slave.pk, "hops": hops,
-                           "backend_slave_sae": backend_slave}
-                    rows.append([row[f.attname] for f in fields])
-            prepared = [[f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)] for row in rows]
+            prep = [fields[name].get_db_prep_save(value, connection) for name, value in constant.items()]
+            key_field = fields["key_id"]
+            rows = [[key_field.get_db_prep_save(key.key_id, connection), slave.pk, hop, backend_slave, *prep]
+                    for key, hop in zip(keys, hops, strict=True) for slave, backend_slave in slaves]
             placeholders = ", ".join(["%s"] * len(fields))
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", prepared)  # noqa: S608
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)  # noqa: S608
+
+
+def _copy_text(value: Any) -> str:
+    """A constant column of the key-ID rows in PostgreSQL's COPY text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, int | uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    raise TypeError(f"no COPY text form for a {type(value).__name__} column default")
 
 
 def parse_key_ids(raw: Any) -> list[str]:
@@ -354,19 +372,22 @@ def parse_key_ids(raw: Any) -> list[str]:
 def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]:
     tenant = slave.tenant
     master = tenant_sae(tenant, master_name, "master")
+    # (pk, backend SAE, fetched_at) per key ID: tuples, not a model instance per key (a 1024-key batch).
     deliveries = {
-        str(d.key_id): d
-        for d in KeyDelivery.objects.for_tenant(tenant).filter(key_id__in=key_ids, slave=slave, master=master)
+        str(key_id): row
+        for key_id, *row in KeyDelivery.objects.for_tenant(tenant).filter(
+            key_id__in=key_ids, slave=slave, master=master).values_list("key_id", "pk", "backend_slave_sae",
+                                                                        "fetched_at")
     }
     # Unknown, another tenant's, another SAE's, or already fetched: one answer for all.
-    unknown = [k for k in key_ids if k not in deliveries or deliveries[k].fetched_at is not None]
+    unknown = [k for k in key_ids if k not in deliveries or deliveries[k][2] is not None]
     if unknown:
         raise BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": unknown}])
     pair = backend_pair(master, slave)
     # Each key is fetched as the backend SAE it was delivered to (a multicast slave may have had another one).
     by_backend: dict[str, list[str]] = {}
     for key_id in key_ids:
-        by_backend.setdefault(deliveries[key_id].backend_slave_sae or pair.slave_sae, []).append(key_id)
+        by_backend.setdefault(deliveries[key_id][1] or pair.slave_sae, []).append(key_id)
     fetched: dict[str, DeliveredKey] = {}
     try:
         for backend_slave, ids in by_backend.items():
@@ -377,13 +398,12 @@ def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]
     keys = [fetched[k] for k in key_ids if k in fetched]
     if len(keys) != len(key_ids):
         raise ServiceUnavailable(f"the KME of {slave.node.node_id} returned other keys than the ones asked for")
-    KeyDelivery.objects.for_tenant(tenant).filter(pk__in=[d.pk for d in deliveries.values()]).update(
+    KeyDelivery.objects.for_tenant(tenant).filter(pk__in=[row[0] for row in deliveries.values()]).update(
         fetched_at=timezone.now())
-    return {"keys": [_key_json(k) for k in keys]}
+    return {"keys": key_container(keys)}
 
 
-def _key_json(key: DeliveredKey) -> dict[str, Any]:
-    out: dict[str, Any] = {"key_ID": key.key_id, "key": key.key}
-    if key.key_id_extension:
-        out["key_ID_extension"] = key.key_id_extension
-    return out
+def key_container(keys: list[DeliveredKey]) -> list[dict[str, Any]]:
+    """The ETSI 014 key objects: key_ID, key and, when the KME gave one, key_ID_extension."""
+    return [{"key_ID": k.key_id, "key": k.key, "key_ID_extension": k.key_id_extension} if k.key_id_extension
+            else {"key_ID": k.key_id, "key": k.key} for k in keys]

@@ -18,6 +18,7 @@ from portal.errors import BadRequest
 from services import delivery, registry, saes
 from services.models import KeyDelivery, KeyStream, QkdNode, Sae
 
+from .etsi014 import key_response
 from .serializers import (
     KeyStreamSerializer,
     PerHopKeysSerializer,
@@ -172,12 +173,13 @@ class SimpleKeyView(TenantAPIView):
         if mode == "per-hop":
             body = delivery.per_hop_keys(self.tenant, master, slave, request.query_params.get("size", 256),
                                          sae_at_node=lambda node_id: saes.default_sae(self.tenant, node_id))
-            return Response(body, headers={"Cache-Control": "no-store"})
+            return key_response(body)
         container = delivery.enc_keys(master, slave.name, number=1, size=request.query_params.get("size", 256))
         key = container["keys"][0]
         hops = (key.get("key_ID_extension") or {}).get("hops", 1)
-        return Response({"key_ID": key["key_ID"], "key": key["key"], "size": int(request.query_params.get("size", 256)),
-                         "hops": hops, "src": master.name, "dst": slave.name}, headers={"Cache-Control": "no-store"})
+        return key_response({"key_ID": key["key_ID"], "key": key["key"],
+                             "size": int(request.query_params.get("size", 256)), "hops": hops, "src": master.name,
+                             "dst": slave.name})
 
 
 class SimplePeerKeyView(TenantAPIView):
@@ -193,6 +195,5 @@ class SimplePeerKeyView(TenantAPIView):
             raise BadRequest("key ID not found")
         container = delivery.dec_keys(record.slave, record.master.name, ids)
         key = container["keys"][0]
-        return Response({"key_ID": key["key_ID"], "key": key["key"], "size": record.size_bits,
-                         "hops": record.hops, "src": record.master.name, "dst": record.slave.name},
-                        headers={"Cache-Control": "no-store"})
+        return key_response({"key_ID": key["key_ID"], "key": key["key"], "size": record.size_bits,
+                             "hops": record.hops, "src": record.master.name, "dst": record.slave.name})

@@ -48,7 +48,7 @@ class KmeEndpoint:
     ca_path: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class DeliveredKey:
     key_id: str
     key: str  # base64, as on the wire; never logged or stored
@@ -146,9 +146,7 @@ def _keys(body: Any) -> list[DeliveredKey]:
     keys = body.get("keys") if isinstance(body, dict) else None
     if not isinstance(keys, list):
         raise KmeUnavailable("the KME's key container has no 'keys' list")
-    out = []
-    for item in keys:
-        if not isinstance(item, dict) or "key_ID" not in item or "key" not in item:
-            raise KmeUnavailable("the KME returned a malformed key")
-        out.append(DeliveredKey(str(item["key_ID"]), item["key"], item.get("key_ID_extension")))
-    return out
+    try:
+        return [DeliveredKey(str(item["key_ID"]), item["key"], item.get("key_ID_extension")) for item in keys]
+    except (TypeError, KeyError, AttributeError):  # not an object, or one without key_ID / key
+        raise KmeUnavailable("the KME returned a malformed key") from None
