@@ -27,10 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 MASTER = "sae-cait-1"
 
 
-def start_twin(state: Path, time_scale: float) -> tuple[subprocess.Popen, dict]:
+def start_twin(state: Path, time_scale: float, mode: str | None = None) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.sdqkd.twin", "--topology", "madqci", "--state-dir", str(state),
-         "--base-port", "0", "--time-scale", str(time_scale), "--log-level", "WARNING"],
+         "--base-port", "0", "--time-scale", str(time_scale), "--log-level", "WARNING",
+         *(["--mode", mode] if mode else [])],
         cwd=REPO,
     )
     deadline = time.monotonic() + 30
@@ -112,9 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--time-scale", type=float, default=200.0, help="link rates x this (stores must keep up)")
+    parser.add_argument("--mode", choices=["protocol", "statistical", "analytical"],
+                        help="every link's key generation mode (default: the topology's; madqci: protocol)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, endpoints = start_twin(Path(tmp) / "state", args.time_scale)
+        proc, endpoints = start_twin(Path(tmp) / "state", args.time_scale, args.mode)
         try:
             time.sleep(1.0)  # let the stores fill
             rows = asyncio.run(bench(endpoints, args.seconds))
