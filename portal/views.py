@@ -133,7 +133,8 @@ def services_page(request: HttpRequest) -> HttpResponse:
     bundle = None
     if request.method == "POST" and ctx is not None:
         try:
-            if ctx.role not in ("owner", "admin", "member") and not request.user.is_staff:
+            # The scope the API's SaeViewSet writes with (resolve_tenant grants it to owner/admin/member/staff).
+            if "keys:write" not in ctx.scopes:
                 raise ApiError("your role cannot register SAEs")
             bundle = saes.register_sae(ctx.tenant, request.POST.get("name", "").strip(), request.POST.get("node", ""))
             messages.success(request, f"SAE {bundle.sae.name} registered.")

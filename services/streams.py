@@ -226,13 +226,13 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
             pair.master_sae, pair.slave_sae, qos=qos, key_stream_id=str(backend_ksid), acting_as=pair.master_sae)
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, pair.master_node) from None
+    # The KME's QoS over ours: its counter-proposal (status 7/4) or what it granted (status 1).
+    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
     if answer.status in (client004.QOS_NOT_MET, client004.NO_QKD_CONNECTION):
-        offer = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
-        return {"status": answer.status, "Key_stream_ID": None, "QoS": offer}
+        return {"status": answer.status, "Key_stream_ID": None, "QoS": negotiated}
     if answer.status != client004.PEER_NOT_CONNECTED:
         raise ServiceUnavailable(f"the KME of {pair.master_node.node_id} answered open_connect with status "
                                  f"{answer.status}", details=[{"status": answer.status}])
-    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
     now = timezone.now()
     try:
         with transaction.atomic():

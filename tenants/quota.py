@@ -173,13 +173,18 @@ def check(tenant: Tenant, meter: str, amount: int, limits: dict[str, int] | None
         states = quota_states(tenant, now, meters=[_meter(meter).name], limits=limits)
     for state in states:
         if state.remaining is not None and state.remaining < amount:
-            raise QuotaExceeded(
-                f"quota {state.quota_key} exceeded: {state.used} of {state.limit} {state.unit}s used, "
-                f"{amount} requested",
-                details={"quota": state.quota_key, "limit": state.limit, "used": state.used, "requested": amount},
-                headers=ratelimit_headers(states, now),
-            )
+            raise _exceeded(state.quota_key, state.limit, state.unit, state.used, amount, states, now)
     return {state.quota_key: state.limit for state in states}
+
+
+def _exceeded(key: str, limit: int, unit: str, used: int, amount: int, states: list[QuotaState],
+              now: datetime) -> QuotaExceeded:
+    """The one refusal ``check`` and ``consume`` both raise, with the meter's RateLimit headers."""
+    return QuotaExceeded(
+        f"quota {key} exceeded: {used} of {limit} {unit}s used, {amount} requested",
+        details={"quota": key, "limit": limit, "used": used, "requested": amount},
+        headers=ratelimit_headers(states, now),
+    )
 
 
 def _replayed(tenant: Tenant, meter: str, amount: int, key: str, kind: str) -> UsageRecord | None:
@@ -276,11 +281,7 @@ def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, refer
             return replay
         states = quota_states(tenant, now, meters=[meter])
         state = next(s for s in states if s.quota_key == over.key)
-        raise QuotaExceeded(
-            f"quota {over.key} exceeded: {state.used} of {over.limit} {spec.unit}s used, {amount} requested",
-            details={"quota": over.key, "limit": over.limit, "used": state.used, "requested": amount},
-            headers=ratelimit_headers(states, now),
-        ) from None
+        raise _exceeded(over.key, over.limit, spec.unit, state.used, amount, states, now) from None
     except IntegrityError:
         # A concurrent request with the same idempotency key won the race; its record stands.
         replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.CONSUME)

@@ -32,18 +32,21 @@ class QkdNodeSerializer(serializers.ModelSerializer):
         fields = ["node_id", "site", "kme_url", "auth_mode", "enabled", "source"]
 
 
-class SimpleKeySerializer(serializers.Serializer):
+class _KeySerializer(serializers.Serializer):
+    """The two fields every delivered key carries; the subclasses add where it came from."""
+
     key_ID = serializers.UUIDField()
     key = serializers.CharField(help_text="base64")
+
+
+class SimpleKeySerializer(_KeySerializer):
     size = serializers.IntegerField(help_text="bits")
     hops = serializers.IntegerField(help_text="QKD links the key crossed (1 = direct link)")
     src = serializers.CharField(help_text="the master SAE")
     dst = serializers.CharField(help_text="the slave SAE")
 
 
-class HopKeySerializer(serializers.Serializer):
-    key_ID = serializers.UUIDField()
-    key = serializers.CharField(help_text="base64")
+class HopKeySerializer(_KeySerializer):
     src = serializers.CharField(help_text="your SAE at the link's first end (the master)")
     dst = serializers.CharField(help_text="your SAE at the link's other end (fetches the peer copy by key_ID)")
     hops = serializers.IntegerField(help_text="1 when the key came over the link itself")

@@ -15,16 +15,19 @@ from typing import Any
 
 from .client import KmeClient, KmeUnavailable
 
-# ETSI GS QKD 004 V2.1.1 status codes (handbook STANDARDS.md).
-SUCCESSFUL = 0
-PEER_NOT_CONNECTED = 1
-INSUFFICIENT_KEY = 2
-PEER_NOT_YET_CONNECTED = 3
-NO_QKD_CONNECTION = 4
-KSID_IN_USE = 5
-TIMEOUT = 6
-QOS_NOT_MET = 7
-METADATA_TOO_SMALL = 8
+# The 004 status codes live in one module shared with the twin; re-exported here so callers read
+# ``client004.SUCCESSFUL`` etc. beside the client that returns them.
+from .etsi004_status import (  # noqa: F401
+    INSUFFICIENT_KEY,
+    KSID_IN_USE,
+    METADATA_TOO_SMALL,
+    NO_QKD_CONNECTION,
+    PEER_NOT_CONNECTED,
+    PEER_NOT_YET_CONNECTED,
+    QOS_NOT_MET,
+    SUCCESSFUL,
+    TIMEOUT,
+)
 
 
 @dataclass
