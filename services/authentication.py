@@ -25,6 +25,12 @@ class SaePrincipal:
     is_authenticated: bool = True
     is_active: bool = True
     is_staff: bool = False
+    scopes: frozenset[str] = frozenset({"keys:read", "keys:write"})  # the key interfaces, nothing else
+
+    @property
+    def bound_tenant(self):
+        """The tenant this principal belongs to (``tenants.tenancy.resolve_tenant`` decides from it)."""
+        return self.sae.tenant
 
     @property
     def pk(self) -> str:

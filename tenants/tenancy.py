@@ -19,11 +19,15 @@ class TenantContext:
 
 
 def resolve_tenant(request, slug: str | None = None) -> TenantContext:
-    """A token decides its tenant; a browser session names one (``slug``, the ``X-Tenant`` header,
-    ``?tenant=``, or the session's current tenant) or has exactly one membership. Suspended tenants get 403."""
+    """A token (or an SAE certificate) decides its tenant; a browser session names one (``slug``, the
+    ``X-Tenant`` header, ``?tenant=``, or the session's current tenant) or has exactly one membership. Suspended
+    tenants get 403."""
     user = request.user
     token = request.auth if isinstance(request.auth, ApiToken) else None
-    if token is not None:
+    bound = getattr(user, "bound_tenant", None)  # a principal that belongs to one tenant (an SAE certificate)
+    if bound is not None:
+        tenant, role, scopes = bound, None, frozenset(user.scopes)
+    elif token is not None:
         tenant = token.tenant
         membership = Membership.objects.for_tenant(tenant).filter(user=user).first()
         if membership is None and not user.is_staff:

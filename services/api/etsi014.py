@@ -70,20 +70,17 @@ class EtsiView(APIView):
         return etsi_exception_handler
 
     def caller(self, request) -> Sae:
+        if not isinstance(request.auth, Sae | ApiToken):
+            raise Forbidden("an SAE certificate or an API token is required")
+        ctx = resolve_tenant(request)  # the one place that decides the tenant (and refuses a suspended one)
         if isinstance(request.auth, Sae):
-            sae = request.auth
-            if not sae.tenant.is_active:
-                raise Forbidden(f"tenant {sae.tenant.slug!r} is suspended")
-            return sae
-        if isinstance(request.auth, ApiToken):
-            ctx = resolve_tenant(request)
-            if self.required_scope not in ctx.scopes:
-                raise Forbidden(f"this needs the {self.required_scope!r} scope")
-            name = request.headers.get("X-SAE-ID")
-            if not name:
-                raise BadRequest("with an API token, name the calling SAE in the X-SAE-ID header")
-            return delivery.tenant_sae(ctx.tenant, name, "calling")
-        raise Forbidden("an SAE certificate or an API token is required")
+            return request.auth
+        if self.required_scope not in ctx.scopes:
+            raise Forbidden(f"this needs the {self.required_scope!r} scope")
+        name = request.headers.get("X-SAE-ID")
+        if not name:
+            raise BadRequest("with an API token, name the calling SAE in the X-SAE-ID header")
+        return delivery.tenant_sae(ctx.tenant, name, "calling")
 
     @staticmethod
     def body(request) -> dict[str, Any]:

@@ -120,3 +120,16 @@ def twin_portal_certificate() -> tuple[str, str]:
 
     node = QkdNode.objects.get(node_id="CAIT")
     return node.client_cert_path, node.client_key_path
+
+
+def test_a_suspended_tenants_sae_certificate_is_refused(https_portal, make_lab, tmp_path):
+    lab = make_lab("upm")
+    ca = str(tmp_path / "ca.pem")
+    Path(ca).write_text(lab.bundles["upm-cait"]["ca_chain"])
+    cert, key = write_bundle(tmp_path, "master", lab.bundles["upm-cait"])
+    code, _ = curl("--cacert", ca, "--cert", cert, "--key", key, f"{https_portal}/api/v1/keys/upm-rect/status")
+    assert code == 200
+    lab.tenant.status = "suspended"
+    lab.tenant.save(update_fields=["status"])
+    code, body = curl("--cacert", ca, "--cert", cert, "--key", key, f"{https_portal}/api/v1/keys/upm-rect/status")
+    assert code == 403 and "suspended" in body["message"]
