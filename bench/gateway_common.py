@@ -7,6 +7,7 @@ Not a benchmark by itself: ``bench/gateway_overhead.py`` and ``bench/gateway_con
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +210,14 @@ def start_portal(var_dir: Path, db_url: str, workers: int, threads: int) -> Port
         time.sleep(0.2)
 
 
+def add_portal_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every gateway benchmark takes: the portal's gunicorn size, the twin's speed, a JSON copy."""
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (runstack: 2)")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (runstack: 8)")
+    parser.add_argument("--time-scale", type=float, default=200.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+
+
 def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=ca)
     ctx.load_cert_chain(cert, key)
@@ -242,6 +252,22 @@ class LoadResult:
         return self.key_bits / self.seconds / 1e6
 
 
+async def run_for(one: Callable[[], Awaitable[None]], clients: int, seconds: float,
+                  max_requests: int = MAX_REQUESTS_PER_WORKER) -> float:
+    """``clients`` workers awaiting ``one()`` back to back until ``seconds`` are up; returns the elapsed time."""
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        for _ in range(max_requests):
+            if time.perf_counter() >= stop:
+                return
+            await one()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - t0
+
+
 async def run_load(url: str, ctx: ssl.SSLContext, clients: int, seconds: float, body: dict,
                    headers: dict[str, str] | None = None, max_requests: int = MAX_REQUESTS_PER_WORKER) -> LoadResult:
     """``clients`` keep-alive connections POSTing ``body`` back to back for ``seconds`` (after a warm-up)."""
@@ -269,17 +295,7 @@ async def run_load(url: str, ctx: ssl.SSLContext, clients: int, seconds: float, 
             await asyncio.gather(*(one() for _ in range(clients)))
         latencies.clear()
         counts.update(requests=0, errors=0, keys=0)
-        stop = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            for _ in range(max_requests):
-                if time.perf_counter() >= stop:
-                    return
-                await one()
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - t0
+        elapsed = await run_for(one, clients, seconds, max_requests)
     return LoadResult(counts["requests"], counts["errors"], counts["keys"], counts["keys"] * size, elapsed, latencies,
                       samples)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
-from gateway_common import Bench, percentile, tls_context
+from gateway_common import Bench, add_portal_arguments, percentile, tls_context
 
 TENANT_COUNT = 10
 CLIENTS_PER_TENANT = 5
@@ -126,10 +126,7 @@ def summary(outcome: Outcome) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="enc_keys + dec_keys rounds per client")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (runstack: 2)")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (runstack: 8)")
-    parser.add_argument("--time-scale", type=float, default=200.0)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_portal_arguments(parser)
     args = parser.parse_args()
     with Bench(args.time_scale, args.workers, args.threads, tenants(), key_bits_per_day=10**9) as bench:
         ep = bench.endpoints

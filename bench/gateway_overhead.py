@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_common import Bench, LoadResult, run_load
+from gateway_common import Bench, LoadResult, add_portal_arguments, run_load
 
 # tenant SAE -> backend SAE it maps onto (the portal holds sae-cait-1/-2 at CAIT, sae-ccs-1 at CCS)
 PAIRS = {
@@ -112,11 +112,8 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per case and side")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (runstack: 2)")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (runstack: 8)")
     parser.add_argument("--batch-clients", type=int, default=2, help="concurrent clients in the batched cases")
-    parser.add_argument("--time-scale", type=float, default=200.0)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_portal_arguments(parser)
     args = parser.parse_args()
     with Bench(args.time_scale, args.workers, args.threads, TENANTS, key_bits_per_day=10**15) as bench:
         import requests

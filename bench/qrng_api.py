@@ -39,9 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qrng.sources import DeviceSource  # noqa: E402
+from _common import CHUNK, direct  # noqa: E402
 
-CHUNK = 1 << 20
 SETUP = """
 from tenants.demo import bootstrap_demo
 from tenants.models import Plan, Tenant
@@ -55,17 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def direct(device: str, n: int) -> float:
-    source = DeviceSource("direct", device, chunk_size=CHUNK)
-    started = time.perf_counter()
-    got = 0
-    while got < n:
-        got += len(source.read(min(CHUNK, n - got)))
-    seconds = time.perf_counter() - started
-    source.close()
-    return n / seconds
 
 
 def through_api(url: str, token: str, n: int) -> float:

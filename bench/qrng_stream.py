@@ -27,27 +27,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import CHUNK, direct
+
 from qrng.pool import EntropyPool, PoolFiller
 from qrng.sources import DeviceSource, HealthTestedSource, SourceEntry, SourceSet
 
-CHUNK = 1 << 20
 POOL_BYTES = 4 << 20
 VARIANTS = {  # name: filler threads
     "pool/read-through": 0,
     "pool/1-thread": 1,
     "pool/2-threads": 2,
 }
-
-
-def direct(device: str, n: int) -> float:
-    source = DeviceSource("direct", device, chunk_size=CHUNK)
-    started = time.perf_counter()
-    got = 0
-    while got < n:
-        got += len(source.read(min(CHUNK, n - got)))
-    seconds = time.perf_counter() - started
-    source.close()
-    return n / seconds
 
 
 def through_pool(device: str, n: int, threads: int) -> float:

@@ -23,6 +23,10 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateway_common import percentile, run_for
+
 REPO = Path(__file__).resolve().parents[1]
 MASTER = "sae-cait-1"
 
@@ -40,11 +44,6 @@ def start_twin(state: Path, time_scale: float, mode: str | None = None) -> tuple
             raise SystemExit("twin did not start")
         time.sleep(0.02)
     return proc, json.loads((state / "endpoints.json").read_text())
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def run_load(url: str, ctx: ssl.SSLContext, clients: int, seconds: float, method: str, body: dict | None):
@@ -69,17 +68,7 @@ async def run_load(url: str, ctx: ssl.SSLContext, clients: int, seconds: float, 
         latencies.clear()
         keys = 0
         errors = 0
-        stop = time.perf_counter() + seconds
-
-        async def worker():
-            for _ in range(10_000_000):
-                if time.perf_counter() >= stop:
-                    return
-                await one()
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - t0
+        elapsed = await run_for(one, clients, seconds, max_requests=10_000_000)
     return {
         "requests": len(latencies),
         "errors": errors,

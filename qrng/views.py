@@ -13,6 +13,7 @@ from portal.errors import ApiError
 from portal.views import _web_tenant
 from qrng import quality, reports, runtime
 from qrng.models import QualityReport
+from tenants.models import WRITING_ROLES
 
 
 @login_required
@@ -25,7 +26,7 @@ def entropy_page(request: HttpRequest) -> HttpResponse:
                 closed = runtime.reset_source(request.POST["reset"], request.user)
                 messages.success(request, f"Source {request.POST['reset']} reset ({closed} alarms closed).")
                 return redirect("entropy")
-            if ctx.role not in ("owner", "admin", "member") and not request.user.is_staff:
+            if ctx.role not in WRITING_ROLES and not request.user.is_staff:
                 raise ApiError("your role cannot start quality reports")
             report = reports.start_report(ctx.tenant, int(request.POST.get("bytes") or quality.DEFAULT_REPORT_BYTES),
                                           request.POST.get("source", ""), request.user)

@@ -10,7 +10,6 @@ from qrng.models import QualityReport
 from qrng.reports import MIN_REPORT_BYTES
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-NUMERIC = ("uint8", "uint16", "uint32", "uint64", "int", "float", "normal")
 
 
 class EntropyQuerySerializer(serializers.Serializer):

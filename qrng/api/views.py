@@ -173,7 +173,7 @@ class AnuView(EntropyViewMixin, TenantAPIView):
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
         if isinstance(response.data, dict) and "error" in response.data:  # ANU clients look at success/message
-            response.data = {"success": False, "message": response.data["error"]["message"], **response.data}
+            response.data = {**formats.anu_error(response.data["error"]["message"]), **response.data}
         return response
 
 
