@@ -94,6 +94,8 @@ def _seed(rng: np.random.Generator) -> int:
 class _Party:
     """What both ends share: the post-processing after sifting and estimation."""
 
+    _ROLE: dict[str, Callable[[_Party, ClassicalChannel], PartyResult]]  # technology -> this end's protocol
+
     def __init__(self, params: LinkParams, record: Any, seed: int, config: PipelineConfig) -> None:
         self.params = params
         self.record = record
@@ -101,6 +103,12 @@ class _Party:
         self.config = config
         self.telemetry: dict[str, Any] = {"technology": params.technology}
         self._cpu_start = time.thread_time()
+
+    def run(self, channel: ClassicalChannel) -> PartyResult:
+        cpu0 = self._cpu_start = time.thread_time()
+        result = self._ROLE[self.params.technology](self, channel)
+        result.telemetry["party_cpu_s"] = time.thread_time() - cpu0
+        return result
 
     def _abort(self, reason: str) -> PartyResult:
         self.telemetry.update(aborted=True, abort_reason=reason, final_bits=0)
@@ -356,21 +364,13 @@ _BOB = {"dv-bb84-decoy": _bob_bb84, "e91": _bob_e91, "cv-qkd": _bob_cv}
 class AliceSide(_Party):
     """Alice's end of a link for one block: her quantum-layer record only."""
 
-    def run(self, channel: ClassicalChannel) -> PartyResult:
-        cpu0 = self._cpu_start = time.thread_time()
-        result = _ALICE[self.params.technology](self, channel)
-        result.telemetry["party_cpu_s"] = time.thread_time() - cpu0
-        return result
+    _ROLE = _ALICE
 
 
 class BobSide(_Party):
     """Bob's end of a link for one block: his quantum-layer record only."""
 
-    def run(self, channel: ClassicalChannel) -> PartyResult:
-        cpu0 = self._cpu_start = time.thread_time()
-        result = _BOB[self.params.technology](self, channel)
-        result.telemetry["party_cpu_s"] = time.thread_time() - cpu0
-        return result
+    _ROLE = _BOB
 
 
 def simulate_quantum_layer(

@@ -18,22 +18,22 @@ from typing import Any
 
 import aiohttp
 
+from ..etsi004_status import (
+    INSUFFICIENT_KEY,
+    KSID_IN_USE,
+    METADATA_TOO_SMALL,
+    NO_QKD_CONNECTION,
+    PEER_NOT_CONNECTED,
+    PEER_NOT_YET_CONNECTED,
+    QOS_NOT_MET,
+    SUCCESSFUL,
+    TIMEOUT,
+)
 from .errors import BadRequest, KeyUnavailable, Unauthorized
 from .kme import KME, PeerError, chunk_batch_id, chunk_key_id
 from .routing import find_path
 
 log = logging.getLogger("twin.etsi004")
-
-# Status codes of ETSI GS QKD 004 V2.1.1.
-SUCCESSFUL = 0
-PEER_NOT_CONNECTED = 1
-INSUFFICIENT_KEY = 2
-PEER_NOT_YET_CONNECTED = 3
-NO_QKD_CONNECTION = 4
-KSID_IN_USE = 5
-TIMEOUT = 6
-QOS_NOT_MET = 7
-METADATA_TOO_SMALL = 8
 
 QOS_DEFAULTS: dict[str, Any] = {
     "Key_chunk_size": 32,

@@ -176,12 +176,16 @@ class KME:
             raise BadRequest(f"unknown {field}", [{field: sae_id}])
         return sae_id
 
-    # -- ETSI 014: status --------------------------------------------------------------------------------
-    def status(self, master_sae: str, slave_sae: str) -> dict[str, Any]:
+    def _check_master_slave(self, master_sae: str, slave_sae: str) -> None:
+        """ETSI 014 master side: the caller is a local SAE, the slave a different known one."""
         self.require_local_sae(master_sae)
         self._known_sae(slave_sae, "slave_SAE_ID")
         if slave_sae == master_sae:
             raise BadRequest("master and slave SAE must differ", [{"slave_SAE_ID": slave_sae}])
+
+    # -- ETSI 014: status --------------------------------------------------------------------------------
+    def status(self, master_sae: str, slave_sae: str) -> dict[str, Any]:
+        self._check_master_slave(master_sae, slave_sae)
         slave_node = self.topology.saes[slave_sae].node
         key_size = self.limits["key_size"]
         if slave_node == self.id:
@@ -190,7 +194,7 @@ class KME:
         else:
             path = find_path(self.links, self.id, slave_node, key_size + 8 * MAC_BYTES)
             stored = self._path_key_count(path, key_size) if path else 0
-            links = path.links if path else [link.id for link in self.links.values() if self.id in link.spec.endpoints]
+            links = path.links if path else [link.id for link in self.topology.links_of(self.id)]
             # A sender owns at most about half of a link's store (see store.py).
             max_count = min((self.links[link].capacity_bits() // 2 for link in links), default=0) // key_size
         return {
@@ -267,10 +271,7 @@ class KME:
 
     # -- ETSI 014: enc_keys (master side) ----------------------------------------------------------------
     async def enc_keys(self, master_sae: str, slave_sae: str, body: Any) -> dict[str, Any]:
-        self.require_local_sae(master_sae)
-        self._known_sae(slave_sae, "slave_SAE_ID")
-        if slave_sae == master_sae:
-            raise BadRequest("master and slave SAE must differ", [{"slave_SAE_ID": slave_sae}])
+        self._check_master_slave(master_sae, slave_sae)
         request = self.parse_key_request(body, master_sae, slave_sae)
         batch_id = new_batch_id()
         key_bytes = request.size_bits // 8
@@ -490,13 +491,12 @@ class KME:
         self.links[link_out].note_consumed(MAC_BYTES + payload_bytes)
         forward_header = {**header, "hop": hop + 1}
         forward_ct = _xor(secret, material_out[MAC_BYTES:])
+        forward_refs = [list(r) for r in refs_out]
         forward = {
             "header": forward_header,
-            "refs": [list(r) for r in refs_out],
+            "refs": forward_refs,
             "ciphertext": base64.b64encode(forward_ct).decode(),
-            "mac": base64.b64encode(
-                _mac(material_out[:MAC_BYTES], forward_header, [list(r) for r in refs_out], forward_ct)
-            ).decode(),
+            "mac": base64.b64encode(_mac(material_out[:MAC_BYTES], forward_header, forward_refs, forward_ct)).decode(),
         }
         try:
             result = await self._hop(next_node).send(forward)
@@ -528,13 +528,20 @@ class KME:
 
         return {"results": list(await asyncio.gather(*(one(m) for m in messages)))}
 
-    async def receive_abort(self, prev_node: str, message: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _parse_settle(message: Any, what: str) -> tuple[str, str, list]:
+        """(transfer_id, link_id, refs) of an abort or resolve message."""
         try:
-            transfer_id = str(uuid.UUID(message["transfer_id"]))
-            link_id = str(message["link_id"])
-            refs = [tuple(int(x) for x in r) for r in message["refs"]]
+            return (
+                str(uuid.UUID(message["transfer_id"])),
+                str(message["link_id"]),
+                [tuple(int(x) for x in r) for r in message["refs"]],
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise BadRequest("malformed abort", [{"error": str(exc)}]) from exc
+            raise BadRequest(f"malformed {what}", [{"error": str(exc)}]) from exc
+
+    async def receive_abort(self, prev_node: str, message: dict[str, Any]) -> dict[str, Any]:
+        transfer_id, link_id, refs = self._parse_settle(message, "abort")
         state = self.store.inbox_state(transfer_id)
         with self.store.transaction() as tx:
             if state is None:
@@ -559,12 +566,7 @@ class KME:
 
     async def receive_resolve(self, prev_node: str, message: dict[str, Any]) -> dict[str, Any]:
         """The previous node restarted with this transfer unconfirmed: keep it if it arrived, else tombstone it."""
-        try:
-            transfer_id = str(uuid.UUID(message["transfer_id"]))
-            link_id = str(message["link_id"])
-            refs = [tuple(int(x) for x in r) for r in message["refs"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadRequest("malformed resolve", [{"error": str(exc)}]) from exc
+        transfer_id, link_id, refs = self._parse_settle(message, "resolve")
         with self.store.transaction() as tx:
             state = tx.inbox_state(transfer_id)
             if state is None:
@@ -611,11 +613,12 @@ class KME:
                     else:
                         kept = (await self.peers.post(next_node, "/twin/v1/resolve", body))["kept"]
                         with self.store.transaction() as tx:
-                            tx.db.execute(
-                                "UPDATE outbox SET state = ? WHERE transfer_id = ? AND state = 'resolving'",
-                                ("done" if kept else "aborting", transfer_id),
-                            )
-                            if not kept:
+                            if kept:
+                                tx.db.execute(
+                                    "UPDATE outbox SET state = 'done' WHERE transfer_id = ? AND state = 'resolving'",
+                                    (transfer_id,),
+                                )
+                            else:
                                 tx.remove_outbox(transfer_id)
                 except Exception as exc:  # the neighbour is down: retry later
                     log.info("%s of %s at %s pending: %s", state, transfer_id, next_node, exc)

@@ -206,9 +206,6 @@ class LinkRuntime:
                            for seq, owner, blk in batch]
                     store.add_blocks(self.id, own)
                 elif self.remote_sink is not None:
-                    for seq, owner, blk in batch:
-                        if blk.cut is not None:
-                            await self.remote_sink(self.id, seq, owner, b"", blk.cut)
-                        else:
-                            await self.remote_sink(self.id, seq, owner, blk.key, None)
+                    for seq, owner, blk in batch:  # a cut reference travels instead of the key bytes
+                        await self.remote_sink(self.id, seq, owner, b"" if blk.cut is not None else blk.key, blk.cut)
         self.blocks_produced += len(blocks)

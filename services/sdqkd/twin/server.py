@@ -179,21 +179,14 @@ def build_app(twin: Twin, node_id: str) -> web.Application:
         )
 
     # -- node-to-node ------------------------------------------------------------------------------------
-    async def transfer(request: web.Request) -> web.Response:
-        prev = node_of(request)
-        return web.json_response(await kme.receive_transfer(prev, await json_body(request)))
+    def from_node(receive: Callable[[str, Any], Awaitable[dict[str, Any]]]) -> Callable:
+        """A handler for a hop message: ``receive(previous node, JSON body)``."""
 
-    async def transfers(request: web.Request) -> web.Response:
-        prev = node_of(request)
-        return web.json_response(await kme.receive_transfers(prev, await json_body(request)))
+        async def handler(request: web.Request) -> web.Response:
+            prev = node_of(request)
+            return web.json_response(await receive(prev, await json_body(request)))
 
-    async def abort(request: web.Request) -> web.Response:
-        prev = node_of(request)
-        return web.json_response(await kme.receive_abort(prev, await json_body(request)))
-
-    async def resolve(request: web.Request) -> web.Response:
-        prev = node_of(request)
-        return web.json_response(await kme.receive_resolve(prev, await json_body(request)))
+        return handler
 
     async def stream_event(request: web.Request) -> web.Response:
         node_of(request)
@@ -290,10 +283,10 @@ def build_app(twin: Twin, node_id: str) -> web.Application:
     app.router.add_route("POST", "/api/get_key", get_key)
     app.router.add_post("/api/close", close)
     app.router.add_get("/api/v1/entropy", entropy)
-    app.router.add_post("/twin/v1/transfer", transfer)
-    app.router.add_post("/twin/v1/transfers", transfers)
-    app.router.add_post("/twin/v1/abort", abort)
-    app.router.add_post("/twin/v1/resolve", resolve)
+    app.router.add_post("/twin/v1/transfer", from_node(kme.receive_transfer))
+    app.router.add_post("/twin/v1/transfers", from_node(kme.receive_transfers))
+    app.router.add_post("/twin/v1/abort", from_node(kme.receive_abort))
+    app.router.add_post("/twin/v1/resolve", from_node(kme.receive_resolve))
     app.router.add_post("/twin/v1/streams/{event}", stream_event)
     app.router.add_post("/twin/v1/link-blocks", link_block)
     app.router.add_post("/twin/v1/link-admin", link_admin_forwarded)

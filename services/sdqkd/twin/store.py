@@ -115,6 +115,15 @@ class Transaction:
         self.deltas = _Deltas(defaultdict(int), defaultdict(int))
 
     # -- link key material -------------------------------------------------------------------------------
+    def _use(self, link_id: str, seq: int, size: int, used: int, nbytes: int) -> None:
+        """Mark ``nbytes`` more of a block used; a block used up goes."""
+        if used + nbytes >= size:
+            self.db.execute("DELETE FROM link_blocks WHERE link_id = ? AND seq = ?", (link_id, seq))
+        else:
+            self.db.execute(
+                "UPDATE link_blocks SET used = used + ? WHERE link_id = ? AND seq = ?", (nbytes, link_id, seq)
+            )
+
     def allocate(self, link_id: str, nbytes: int) -> tuple[bytes, Refs]:
         """Take ``nbytes`` of this node's own key of ``link_id`` (oldest first)."""
         if self.store.available_bytes(link_id) + self.deltas.available[(link_id, True)] < nbytes:
@@ -135,12 +144,7 @@ class Transaction:
             ).fetchone()
             parts.append(chunk)
             refs.append((seq, used, take))
-            if used + take == size:
-                self.db.execute("DELETE FROM link_blocks WHERE link_id = ? AND seq = ?", (link_id, seq))
-            else:
-                self.db.execute(
-                    "UPDATE link_blocks SET used = ? WHERE link_id = ? AND seq = ?", (used + take, link_id, seq)
-                )
+            self._use(link_id, seq, size, used, take)
             need -= take
             if need == 0:
                 break
@@ -161,12 +165,7 @@ class Transaction:
                 raise StoreInconsistency(f"link {link_id}: block {seq} missing or not the peer's")
             chunk, size, used, _ = row
             parts.append(chunk)
-            if used + length >= size:
-                self.db.execute("DELETE FROM link_blocks WHERE link_id = ? AND seq = ?", (link_id, seq))
-            else:
-                self.db.execute(
-                    "UPDATE link_blocks SET used = used + ? WHERE link_id = ? AND seq = ?", (length, link_id, seq)
-                )
+            self._use(link_id, seq, size, used, length)
             self.deltas.available[(link_id, False)] -= length
         return b"".join(parts)
 
@@ -179,12 +178,7 @@ class Transaction:
             if row is None or row[2] == self.store.node_id:
                 continue
             size, used, _ = row
-            if used + length >= size:
-                self.db.execute("DELETE FROM link_blocks WHERE link_id = ? AND seq = ?", (link_id, seq))
-            else:
-                self.db.execute(
-                    "UPDATE link_blocks SET used = used + ? WHERE link_id = ? AND seq = ?", (length, link_id, seq)
-                )
+            self._use(link_id, seq, size, used, length)
             self.deltas.available[(link_id, False)] -= min(length, size - used)
 
     def drain(self, link_id: str) -> int:
@@ -259,15 +253,8 @@ class Transaction:
     def remove_outbox(self, transfer_id: str) -> None:
         self.db.execute("DELETE FROM outbox WHERE transfer_id = ?", (transfer_id,))
 
-    def outbox(self, transfer_id: str) -> tuple[str, str, Refs, str] | None:
-        row = self.db.execute(
-            "SELECT next_node, link_id, refs, state FROM outbox WHERE transfer_id = ?", (transfer_id,)
-        ).fetchone()
-        return (row[0], row[1], [tuple(r) for r in json.loads(row[2])], row[3]) if row else None
-
     def inbox_state(self, transfer_id: str) -> tuple[str, str | None] | None:
-        row = self.db.execute("SELECT state, next_node FROM inbox WHERE transfer_id = ?", (transfer_id,)).fetchone()
-        return (row[0], row[1]) if row else None
+        return self.store.inbox_state(transfer_id)
 
     def set_inbox(self, transfer_id: str, prev_node: str, state: str, next_node: str | None = None) -> None:
         self.db.execute(
