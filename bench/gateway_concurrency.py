@@ -6,7 +6,7 @@ ID as the slave, and compares the two keys. The same pattern runs direct to the 
 sae-cait-1 -> sae-ccs-1) in the same run, as the baseline for p99 and throughput.
 
 Afterwards, for every tenant: bits the clients received == the quota counter (qkd_key_bits.day) == the sum of
-its usage ledger == its KeyDelivery rows x 256, and every delivered key ID is marked fetched.
+its usage ledger == the key bits on its KeyDelivery rows, and every delivered key is marked fetched.
 
     .venv/bin/python bench/gateway_concurrency.py [--rounds 40] [--workers 2] [--threads 8]
 
@@ -107,8 +107,8 @@ def ledger_check(outcome: Outcome) -> list[dict]:
         deliveries = KeyDelivery.objects.for_tenant(tenant)
         received = outcome.bits_by_tenant.get(tenant.slug, 0)
         rows.append({"tenant": tenant.slug, "received_bits": received, "quota_used": used, "ledger_bits": ledger,
-                     "key_delivery_bits": deliveries.count() * KEY_BITS,
-                     "unfetched": deliveries.filter(fetched_at__isnull=True).count()})
+                     "key_delivery_bits": sum(d.key_count * d.size_bits for d in deliveries),
+                     "unfetched": sum(d.key_count - d.fetched_keys for d in deliveries)})
         rows[-1]["exact"] = (received == used == ledger == rows[-1]["key_delivery_bits"]
                              and rows[-1]["unfetched"] == 0)
     return rows

@@ -42,11 +42,13 @@ class SaeAdmin(ReadOnlyAdmin):
 
 @admin.register(KeyDelivery)
 class KeyDeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["key_id", "tenant", "master", "slave", "size_bits", "hops", "created_at", "fetched_at"]
-    search_fields = ["key_id"]
+    list_display = ["first_key_id", "tenant", "master", "slave", "key_count", "size_bits", "hops", "fetched_keys",
+                    "created_at"]
+    exclude = ["backend_key_ids"]  # the KME's key IDs stay out of view (tenants only know the sealed ones)
+    search_fields = ["tenant__slug", "master__name", "slave__name"]
     list_select_related = ["tenant", "master", "slave"]
     date_hierarchy = "created_at"
-    show_full_result_count = False  # one row per key: counting them all on every page view is slow
+    show_full_result_count = False
 
 
 @admin.register(KeyStream)

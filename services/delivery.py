@@ -14,18 +14,18 @@ import itertools
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from portal.errors import BadRequest, ServiceUnavailable
 from tenants import quota
 from tenants.models import Tenant
 
-from . import registry
+from . import keyids, registry
 from .models import KeyDelivery, QkdNode, Sae
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
@@ -155,9 +155,9 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
             acting_as=pair.master_sae)
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, pair.master_node) from None
-    record_deliveries(tenant, [Delivery(master, [slave, *extra_slaves], keys, backend_slaves)], size,
-                      reference=f"etsi014:{master.name}->{slave.name}", limits=limits)
-    return {"keys": key_container(keys)}
+    delivered = Delivery(master, [slave, *extra_slaves], keys, backend_slaves)
+    record_deliveries(tenant, [delivered], size, reference=f"etsi014:{master.name}->{slave.name}", limits=limits)
+    return {"keys": key_container(keys, delivered.key_ids())}
 
 
 def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
@@ -182,12 +182,18 @@ def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
 class Delivery:
     """Keys one master SAE took from the backend for its slave SAE(s), not yet metered or recorded.
 
-    ``backend_slaves``: the backend SAE each slave gets the keys as (default: the usual pairing)."""
+    ``backend_slaves``: the backend SAE each slave gets the keys as (default: the usual pairing). ``batch``:
+    the number the tenant's key IDs seal (``services.keyids``)."""
 
     master: Sae
     slaves: list[Sae]
     keys: list[DeliveredKey]
     backend_slaves: list[str] | None = None
+    batch: int = field(default_factory=keyids.new_batch)
+
+    def key_ids(self) -> list[str]:
+        """The key IDs the tenant gets for these keys (the KME's own IDs stay in the portal)."""
+        return keyids.seal(self.batch, len(self.keys))
 
 
 def record_delivery(tenant: Tenant, master: Sae, slaves: list[Sae], keys: list[DeliveredKey], size: int,
@@ -198,8 +204,8 @@ def record_delivery(tenant: Tenant, master: Sae, slaves: list[Sae], keys: list[D
 
 def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, reference: str,
                       limits: dict[str, int] | None = None) -> None:
-    """Meter all the keys of ``deliveries`` as one usage (one ledger row, idempotency key from every key ID)
-    and record their key IDs, in one transaction: all or nothing.
+    """Meter all the keys of ``deliveries`` as one usage (one ledger row, idempotency key from every key ID of
+    the KMEs) and record them (one row per delivery and slave), in one transaction: all or nothing.
 
     A malformed key ID from the KME (it goes into the database) fails before anything is recorded: the keys
     are then neither handed out nor charged."""
@@ -212,9 +218,7 @@ def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, ref
     idempotency_key = "keys:" + hashlib.sha256(joined.encode()).hexdigest()
 
     def insert_rows(_record) -> None:
-        for d in deliveries:
-            backend_slaves = d.backend_slaves or [backend_pair(d.master, slave).slave_sae for slave in d.slaves]
-            insert_key_deliveries(tenant, d.master, list(zip(d.slaves, backend_slaves, strict=True)), d.keys, size)
+        insert_key_deliveries(tenant, deliveries, size)
 
     # The key-ID rows go in inside consume's transaction (after the ledger row), so counters, ledger row and
     # key IDs commit together or not at all, in one transaction without a savepoint.
@@ -296,62 +300,36 @@ def per_hop_keys(tenant: Tenant, src: Sae, dst: Sae, size: Any,
     return {
         "mode": "per-hop", "size": size, "src": src.name, "dst": dst.name, "path": path, "hops": len(hops),
         "keys": [{"from": d.master.node.node_id, "to": d.slaves[0].node.node_id, "src": d.master.name,
-                  "dst": d.slaves[0].name, "key_ID": d.keys[0].key_id, "key": d.keys[0].key,
+                  "dst": d.slaves[0].name, "key_ID": d.key_ids()[0], "key": d.keys[0].key,
                   "hops": d.keys[0].hops or 1} for d in taken],
     }
 
 
-def insert_key_deliveries(tenant: Tenant, master: Sae, slaves: list[tuple[Sae, str]], keys: list[DeliveredKey],
-                          size: int) -> None:
-    """One ``KeyDelivery`` row per key and slave, written with one COPY (PostgreSQL) or one executemany.
+_INSERT_COLUMNS = ("tenant_id", "batch", "master_id", "slave_id", "size_bits", "key_count", "backend_key_ids",
+                   "hops", "backend_slave_sae", "created_at", "fetched_keys")
 
-    ``bulk_create`` spent most of a 1024-key request building model instances and SQL. The rows are the same
-    (every column of the model, defaults for the ones not set here) and the constraints still apply. The key
-    IDs must be validated UUID strings (``record_deliveries`` checks them before anything is written).
-    """
-    fields = {f.attname: f for f in KeyDelivery._meta.concrete_fields if not f.primary_key}
-    per_row = ("key_id", "slave_id", "hops", "backend_slave_sae")
-    fixed = {"tenant_id": tenant.pk, "master_id": master.pk, "size_bits": size, "created_at": timezone.now(),
-             "fetched_at": None}
-    constant = {name: fixed[name] if name in fixed else f.get_default() for name, f in fields.items()
-                if name not in per_row}
+
+def insert_key_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int) -> None:
+    """One ``KeyDelivery`` row per delivery and slave: the KME's key IDs packed 16 bytes each.
+
+    Plain SQL (one statement whatever the number of keys): the ORM's ``bulk_create`` cost more CPU than the
+    database spent on the row. The KME's key IDs must be validated UUID strings (``record_deliveries``)."""
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = []
+    for d in deliveries:
+        packed = keyids.pack_backend_ids(",".join([k.key_id for k in d.keys]))
+        hops = max([k.hops for k in d.keys if k.key_id_extension], default=0)
+        backend_slaves = d.backend_slaves or [backend_pair(d.master, slave).slave_sae for slave in d.slaves]
+        for slave, backend_slave in zip(d.slaves, backend_slaves, strict=True):
+            rows.append([tenant.pk, d.batch, d.master.pk, slave.pk, size, len(d.keys), packed, hops,
+                         backend_slave, now, 0])
     table = connection.ops.quote_name(KeyDelivery._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(fields[name].column) for name in (*per_row, *constant))
-    # hops comes from the key's extension; local keys have none (or none that says hops), the common case.
-    hops = [k.hops if k.key_id_extension else 0 for k in keys]
+    columns = ", ".join(connection.ops.quote_name(KeyDelivery._meta.get_field(name.removesuffix("_id")).column)
+                        for name in _INSERT_COLUMNS)
+    row_marks = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # COPY text format built in one string: the per-key columns first, then the constant ones formatted
-            # once (psycopg's write_row per row cost ~5 us a key). Key IDs are validated UUID strings, which
-            # PostgreSQL parses (cheaper than a uuid.UUID per key for psycopg to dump again).
-            tail = "\t".join(_copy_text(v) for v in constant.values()) + "\n"
-            per_slave = [(f"\t{slave.pk}\t", f"\t{_copy_text(backend)}\t{tail}") for slave, backend in slaves]
-            data = "".join([f"{key.key_id}{mid}{hop}{end}" for key, hop in zip(keys, hops, strict=True)
-                            for mid, end in per_slave])
-            with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                copy.write(data)
-        else:
-            prep = [fields[name].get_db_prep_save(value, connection) for name, value in constant.items()]
-            key_field = fields["key_id"]
-            rows = [[key_field.get_db_prep_save(key.key_id, connection), slave.pk, hop, backend_slave, *prep]
-                    for key, hop in zip(keys, hops, strict=True) for slave, backend_slave in slaves]
-            placeholders = ", ".join(["%s"] * len(fields))
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", rows)  # noqa: S608
-
-
-def _copy_text(value: Any) -> str:
-    """A constant column of the key-ID rows in PostgreSQL's COPY text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, int | uuid.UUID):
-        return str(value)
-    if isinstance(value, str):
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    raise TypeError(f"no COPY text form for a {type(value).__name__} column default")
+        cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_marks] * len(rows))}",  # noqa: S608
+                       [value for row in rows for value in row])
 
 
 def parse_key_ids(raw: Any) -> list[str]:
@@ -369,41 +347,68 @@ def parse_key_ids(raw: Any) -> list[str]:
     return ids
 
 
+def _not_found(key_ids: list[str]) -> BadRequest:
+    # Unknown, made up, another tenant's, another SAE pair's or already fetched: one answer for all.
+    return BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": key_ids}])
+
+
 def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]:
     tenant = slave.tenant
     master = tenant_sae(tenant, master_name, "master")
-    # (pk, backend SAE, fetched_at) per key ID: tuples, not a model instance per key (a 1024-key batch).
-    deliveries = {
-        str(key_id): row
-        for key_id, *row in KeyDelivery.objects.for_tenant(tenant).filter(
-            key_id__in=key_ids, slave=slave, master=master).values_list("key_id", "pk", "backend_slave_sae",
-                                                                        "fetched_at")
-    }
-    # Unknown, another tenant's, another SAE's, or already fetched: one answer for all.
-    unknown = [k for k in key_ids if k not in deliveries or deliveries[k][2] is not None]
+    opened = keyids.open_ids(key_ids)
+    rows = {batch: (pk, bytes(packed), count, backend_slave) for batch, pk, packed, count, backend_slave in
+            KeyDelivery.objects.for_tenant(tenant).filter(
+                batch__in={o[0] for o in opened if o}, slave=slave, master=master).values_list(
+                "batch", "pk", "backend_key_ids", "key_count", "backend_slave_sae")}
+    unknown = [k for k, o in zip(key_ids, opened, strict=True) if o is None or o[0] not in rows
+               or o[1] >= rows[o[0]][2]]
     if unknown:
-        raise BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": unknown}])
+        raise _not_found(unknown)
     pair = backend_pair(master, slave)
     # Each key is fetched as the backend SAE it was delivered to (a multicast slave may have had another one).
     by_backend: dict[str, list[str]] = {}
-    for key_id in key_ids:
-        by_backend.setdefault(deliveries[key_id][1] or pair.slave_sae, []).append(key_id)
+    backend_ids = []
+    for batch, index in opened:
+        _pk, packed, _count, backend_slave = rows[batch]
+        backend_ids.append(keyids.backend_id(packed, index))
+        by_backend.setdefault(backend_slave or pair.slave_sae, []).append(backend_ids[-1])
     fetched: dict[str, DeliveredKey] = {}
     try:
         for backend_slave, ids in by_backend.items():
             for key in registry.client_for(slave.node).dec_keys(pair.master_sae, ids, acting_as=backend_slave):
                 fetched[key.key_id] = key
-    except (KmeRejected, KmeUnavailable) as exc:
+    except KmeRejected:
+        # Most likely fetched before (the KME hands a key to its slave once). The KME's message names its own
+        # key IDs, which stay in the portal.
+        raise _not_found(key_ids) from None
+    except KmeUnavailable as exc:
         raise _backend_error(exc, slave.node) from None
-    keys = [fetched[k] for k in key_ids if k in fetched]
+    keys = [fetched[b] for b in backend_ids if b in fetched]
     if len(keys) != len(key_ids):
         raise ServiceUnavailable(f"the KME of {slave.node.node_id} returned other keys than the ones asked for")
-    KeyDelivery.objects.for_tenant(tenant).filter(pk__in=[row[0] for row in deliveries.values()]).update(
-        fetched_at=timezone.now())
-    return {"keys": key_container(keys)}
+    per_row: dict[int, int] = {}
+    for batch, _index in opened:
+        per_row[rows[batch][0]] = per_row.get(rows[batch][0], 0) + 1
+    for pk, n in per_row.items():
+        KeyDelivery.objects.for_tenant(tenant).filter(pk=pk).update(fetched_keys=F("fetched_keys") + n)
+    return {"keys": key_container(keys, key_ids)}
 
 
-def key_container(keys: list[DeliveredKey]) -> list[dict[str, Any]]:
-    """The ETSI 014 key objects: key_ID, key and, when the KME gave one, key_ID_extension."""
-    return [{"key_ID": k.key_id, "key": k.key, "key_ID_extension": k.key_id_extension} if k.key_id_extension
-            else {"key_ID": k.key_id, "key": k.key} for k in keys]
+def peer_key(tenant: Tenant, key_id: str) -> tuple[KeyDelivery, dict[str, Any]]:
+    """The peer copy of one key the tenant took through the simple REST call, for its slave side:
+    the delivery row (master, slave, size, hops) and the key object."""
+    ids = parse_key_ids([key_id])
+    opened = keyids.open_ids(ids)[0]
+    record = None if opened is None else KeyDelivery.objects.for_tenant(tenant).select_related(
+        "master", "slave", "slave__node").filter(batch=opened[0]).order_by("pk").first()
+    if record is None:
+        raise BadRequest("key ID not found")
+    record.slave.tenant = tenant
+    return record, dec_keys(record.slave, record.master.name, ids)["keys"][0]
+
+
+def key_container(keys: list[DeliveredKey], key_ids: list[str]) -> list[dict[str, Any]]:
+    """The ETSI 014 key objects with the tenant's key IDs: key_ID, key and, when the KME gave one,
+    key_ID_extension."""
+    return [{"key_ID": kid, "key": k.key, "key_ID_extension": k.key_id_extension} if k.key_id_extension
+            else {"key_ID": kid, "key": k.key} for k, kid in zip(keys, key_ids, strict=True)]

@@ -67,29 +67,45 @@ class Sae(models.Model):
 
 
 class KeyDelivery(models.Model):
-    """One key ID delivered to a master SAE for one slave SAE (multicast: one row per slave)."""
+    """The keys one request delivered to a master SAE for one slave SAE (multicast: one row per slave).
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-    key_id = models.UUIDField()
+    Only key IDs: the KME's own IDs, 16 bytes each in ``backend_key_ids``. The tenant sees portal key IDs
+    that seal ``(batch, index)`` (``services.keyids``), so one row stands for every key of the request."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", db_index=False)
+    batch = models.BigIntegerField(help_text="the number sealed into the request's portal key IDs")
     master = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+")
     slave = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+")
     size_bits = models.PositiveIntegerField()
+    key_count = models.PositiveIntegerField()
+    backend_key_ids = models.BinaryField(help_text="the KME's key IDs, 16 bytes each, in the order handed out")
     hops = models.PositiveSmallIntegerField(default=0)
     backend_slave_sae = models.CharField(
         max_length=100, blank=True, default="",
-        help_text="the portal's SAE at the slave's KME the key was delivered to (empty: the usual pairing)")
+        help_text="the portal's SAE at the slave's KME the keys were delivered to (empty: the usual pairing)")
     created_at = models.DateTimeField(auto_now_add=True)
-    fetched_at = models.DateTimeField(null=True, blank=True)
+    fetched_keys = models.PositiveIntegerField(default=0, help_text="keys the slave has fetched so far")
 
     objects = TenantScopedManager()
 
     class Meta:
-        # The unique index (key_id, slave) also serves every look-up by key ID (dec_keys, the simple REST peer
-        # call): a second index on key IDs cost every delivered key one more random B-tree insert.
-        constraints = [models.UniqueConstraint(fields=["key_id", "slave"], name="uniq_key_per_slave")]
+        # (batch, slave) finds the row of a key ID for dec_keys; (tenant, created_at) serves the listings.
+        constraints = [models.UniqueConstraint(fields=["batch", "slave"], name="uniq_batch_per_slave")]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="keydelivery_tenant_recent")]
 
     def __str__(self) -> str:
-        return f"{self.key_id} {self.master_id}->{self.slave_id}"
+        return f"{self.key_count} x {self.size_bits} bit {self.master_id}->{self.slave_id}"
+
+    @property
+    def first_key_id(self) -> str:
+        """The tenant's key ID of the first key (the others follow from the batch)."""
+        return self.key_ids(1)[0]
+
+    def key_ids(self, count: int | None = None) -> list[str]:
+        """The tenant's key IDs of this delivery's keys (of the first ``count``)."""
+        from .keyids import seal
+
+        return seal(self.batch, self.key_count if count is None else count)
 
 
 class KeyStream(models.Model):

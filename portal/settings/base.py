@@ -30,6 +30,8 @@ def _persistent_secret(name: str, nbytes: int = 48) -> str:
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="") or _persistent_secret("secret_key")
+# Seals the key IDs tenants see (services.keyids); changing it makes the key IDs handed out before unknown.
+KEY_ID_SECRET = env.str("KEY_ID_SECRET", default="") or SECRET_KEY
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from portal.api.base import TenantAPIView, TenantScopedViewSet
 from portal.errors import BadRequest
 from services import delivery, registry, saes
-from services.models import KeyDelivery, KeyStream, QkdNode, Sae
+from services.models import KeyStream, QkdNode, Sae
 
 from .etsi014 import key_response
 from .serializers import (
@@ -188,12 +188,6 @@ class SimplePeerKeyView(TenantAPIView):
     @extend_schema(summary="Get the peer copy of a key by its ID (the slave side)", responses=SimpleKeySerializer,
                    operation_id="qkd_peer_key_retrieve")
     def get(self, request, key_id: str):
-        ids = delivery.parse_key_ids([key_id])
-        record = KeyDelivery.objects.for_tenant(self.tenant).select_related("master", "slave", "slave__node",
-                                                                           "master__node").filter(key_id=ids[0]).first()
-        if record is None:
-            raise BadRequest("key ID not found")
-        container = delivery.dec_keys(record.slave, record.master.name, ids)
-        key = container["keys"][0]
+        record, key = delivery.peer_key(self.tenant, key_id)
         return key_response({"key_ID": key["key_ID"], "key": key["key"], "size": record.size_bits,
                              "hops": record.hops, "src": record.master.name, "dst": record.slave.name})
