@@ -132,8 +132,28 @@ def _backend_error(exc: Exception, node: QkdNode) -> Exception:
     return ServiceUnavailable(f"the KME of {node.node_id} cannot deliver keys now: {exc.message}")
 
 
-def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = None,
-             additional_slave_sae_ids: list | None = None, extension_mandatory: Any = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class KeyOrder:
+    """An ``enc_keys`` request checked against the ETSI rules, the tenant's SAEs and its quota: what to ask
+    the master node's KME for (``ask``), then ``deliver`` with what it gave. Sync callers use ``enc_keys``;
+    the async gateway (``services.gateway``) calls the KME itself between the two steps."""
+
+    master: Sae
+    slaves: list[Sae]
+    pair: BackendPair
+    number: int
+    size: int
+    backend_slaves: list[str]
+    limits: dict[str, int]
+
+    def ask(self) -> dict[str, Any]:
+        """The keyword arguments of the KME client's ``enc_keys`` (after the backend slave SAE)."""
+        return {"number": self.number, "size": self.size, "additional_slave_sae_ids": self.backend_slaves[1:] or None,
+                "acting_as": self.pair.master_sae}
+
+
+def order_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = None,
+               additional_slave_sae_ids: list | None = None, extension_mandatory: Any = None) -> KeyOrder:
     tenant = master.tenant
     slave = _other_sae(master, slave_name)
     pair = backend_pair(master, slave)
@@ -143,21 +163,31 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
     if len({s.pk for s in (master, slave, *extra_slaves)}) != 2 + len(extra_slaves):
         raise BadRequest("additional_slave_SAE_IDs must name other SAEs than the master, the slave and each other",
                          details=[{"additional_slave_SAE_IDs": additional}])
-    backend_slaves = multicast_backend_saes(pair, [slave, *extra_slaves])
-    backend_extra = backend_slaves[1:]
-    bits = number * size
+    slaves = [slave, *extra_slaves]
+    backend_slaves = multicast_backend_saes(pair, slaves)
     # Refuse before taking keys out of the pool. The limits are read once, with the counters (one query), for
     # the pre-check and the decision: the same request, milliseconds apart.
-    limits = quota.check(tenant, METER, bits)
-    try:
-        keys = registry.client_for(pair.master_node).enc_keys(
-            pair.slave_sae, number=number, size=size, additional_slave_sae_ids=backend_extra or None,
-            acting_as=pair.master_sae)
-    except (KmeRejected, KmeUnavailable) as exc:
-        raise _backend_error(exc, pair.master_node) from None
-    delivered = Delivery(master, [slave, *extra_slaves], keys, backend_slaves)
-    record_deliveries(tenant, [delivered], size, reference=f"etsi014:{master.name}->{slave.name}", limits=limits)
+    limits = quota.check(tenant, METER, number * size)
+    return KeyOrder(master, slaves, pair, number, size, backend_slaves, limits)
+
+
+def deliver(order: KeyOrder, keys: list[DeliveredKey]) -> dict[str, Any]:
+    """Meter and record the keys the KME gave for ``order``; the key container with the tenant's key IDs."""
+    delivered = Delivery(order.master, order.slaves, keys, order.backend_slaves)
+    record_deliveries(order.master.tenant, [delivered], order.size, limits=order.limits,
+                      reference=f"etsi014:{order.master.name}->{order.slaves[0].name}")
     return {"keys": key_container(keys, delivered.key_ids())}
+
+
+def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = None,
+             additional_slave_sae_ids: list | None = None, extension_mandatory: Any = None) -> dict[str, Any]:
+    order = order_keys(master, slave_name, number=number, size=size, additional_slave_sae_ids=additional_slave_sae_ids,
+                       extension_mandatory=extension_mandatory)
+    try:
+        keys = registry.client_for(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise _backend_error(exc, order.pair.master_node) from None
+    return deliver(order, keys)
 
 
 def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
@@ -352,7 +382,28 @@ def _not_found(key_ids: list[str]) -> BadRequest:
     return BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": key_ids}])
 
 
-def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class KeyFetch:
+    """A ``dec_keys`` request whose key IDs were found among the slave's deliveries from that master: which
+    KME key IDs to ask the slave node's KME for, as which backend SAE (``by_backend``), then ``fetched``."""
+
+    slave: Sae
+    pair: BackendPair
+    key_ids: list[str]
+    backend_ids: list[str]  # the KME's ID of each of key_ids
+    by_backend: dict[str, list[str]]
+    rows: dict[int, int]  # delivery row pk -> keys fetched from it
+
+    def failed(self, exc: Exception) -> Exception:
+        """The portal's error for a KME failure of this fetch."""
+        if isinstance(exc, KmeRejected):
+            # Most likely fetched before (the KME hands a key to its slave once). The KME's message names its
+            # own key IDs, which stay in the portal.
+            return _not_found(self.key_ids)
+        return _backend_error(exc, self.slave.node)
+
+
+def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
     tenant = slave.tenant
     master = tenant_sae(tenant, master_name, "master")
     opened = keyids.open_ids(key_ids)
@@ -368,30 +419,35 @@ def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]
     # Each key is fetched as the backend SAE it was delivered to (a multicast slave may have had another one).
     by_backend: dict[str, list[str]] = {}
     backend_ids = []
+    per_row: dict[int, int] = {}
     for batch, index in opened:
-        _pk, packed, _count, backend_slave = rows[batch]
+        pk, packed, _count, backend_slave = rows[batch]
         backend_ids.append(keyids.backend_id(packed, index))
         by_backend.setdefault(backend_slave or pair.slave_sae, []).append(backend_ids[-1])
-    fetched: dict[str, DeliveredKey] = {}
+        per_row[pk] = per_row.get(pk, 0) + 1
+    return KeyFetch(slave, pair, key_ids, backend_ids, by_backend, per_row)
+
+
+def fetched(fetch: KeyFetch, keys: list[DeliveredKey]) -> dict[str, Any]:
+    """The key container for what the slave's KME returned for ``fetch`` (marked fetched on its rows)."""
+    by_id = {k.key_id: k for k in keys}
+    ordered = [by_id[b] for b in fetch.backend_ids if b in by_id]
+    if len(ordered) != len(fetch.key_ids):
+        raise ServiceUnavailable(f"the KME of {fetch.slave.node.node_id} returned other keys than the ones asked for")
+    for pk, n in fetch.rows.items():
+        KeyDelivery.objects.for_tenant(fetch.slave.tenant).filter(pk=pk).update(fetched_keys=F("fetched_keys") + n)
+    return {"keys": key_container(ordered, fetch.key_ids)}
+
+
+def dec_keys(slave: Sae, master_name: str, key_ids: list[str]) -> dict[str, Any]:
+    fetch = fetch_order(slave, master_name, key_ids)
+    keys: list[DeliveredKey] = []
     try:
-        for backend_slave, ids in by_backend.items():
-            for key in registry.client_for(slave.node).dec_keys(pair.master_sae, ids, acting_as=backend_slave):
-                fetched[key.key_id] = key
-    except KmeRejected:
-        # Most likely fetched before (the KME hands a key to its slave once). The KME's message names its own
-        # key IDs, which stay in the portal.
-        raise _not_found(key_ids) from None
-    except KmeUnavailable as exc:
-        raise _backend_error(exc, slave.node) from None
-    keys = [fetched[b] for b in backend_ids if b in fetched]
-    if len(keys) != len(key_ids):
-        raise ServiceUnavailable(f"the KME of {slave.node.node_id} returned other keys than the ones asked for")
-    per_row: dict[int, int] = {}
-    for batch, _index in opened:
-        per_row[rows[batch][0]] = per_row.get(rows[batch][0], 0) + 1
-    for pk, n in per_row.items():
-        KeyDelivery.objects.for_tenant(tenant).filter(pk=pk).update(fetched_keys=F("fetched_keys") + n)
-    return {"keys": key_container(keys, key_ids)}
+        for backend_slave, ids in fetch.by_backend.items():
+            keys += registry.client_for(slave.node).dec_keys(fetch.pair.master_sae, ids, acting_as=backend_slave)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise fetch.failed(exc) from None
+    return fetched(fetch, keys)
 
 
 def peer_key(tenant: Tenant, key_id: str) -> tuple[KeyDelivery, dict[str, Any]]:
