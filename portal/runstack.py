@@ -18,22 +18,12 @@ STOP_TIMEOUT_S = 15
 GUNICORN_CONFIG = "python:portal.gunicorn_conf"  # worker hooks (gc.freeze after loading the portal)
 
 
-def etsi_https_command(port: int, workers: int = 2) -> list[str]:
-    """gunicorn serving the portal over HTTPS, asking for (optional) client certificates from the portal CA.
-
-    The ETSI 014 endpoints authenticate SAEs by the verified certificate; other endpoints work too.
-    """
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings.base")
-    django.setup()
-    from services import pki
-
-    cert, key = pki.server_certificate()
-    return [sys.executable, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-            "--threads", "8", "--certfile", str(cert), "--keyfile", str(key),
-            "--ca-certs", str(pki.pki_dir() / "ca.crt"), "--cert-reqs", "1",
-            "--graceful-timeout", "10", "--access-logfile", "-", "--config", GUNICORN_CONFIG]
+def etsi_https_command(port: int, workers: int = 1, upstream: str | None = None) -> list[str]:
+    """The key gateway (``services.gateway``) on HTTPS: ETSI 014 itself, with SAE client certificates (optional
+    at the TLS layer, verified against the portal CA) or tokens; every other path forwarded to ``upstream``
+    (the web listener) with the verified certificate vouched for."""
+    cmd = [sys.executable, "-m", "services.gateway", "--port", str(port), "--processes", str(workers)]
+    return [*cmd, "--upstream", upstream] if upstream else cmd
 
 
 def commands(port: int) -> dict[str, list[str]]:
@@ -42,7 +32,8 @@ def commands(port: int) -> dict[str, list[str]]:
     procs = {
         "web": [py, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
                 "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10", "--config", GUNICORN_CONFIG],
-        "etsi-https": etsi_https_command(int(os.environ.get("ETSI_HTTPS_PORT", "8443"))),
+        "etsi-https": etsi_https_command(int(os.environ.get("ETSI_HTTPS_PORT", "8443")),
+                                         upstream=f"http://127.0.0.1:{port}"),
         "worker": [py, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO", "--concurrency", "2"],
         "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
                  "--schedule", f"{var}/celerybeat-schedule"],

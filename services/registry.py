@@ -83,18 +83,22 @@ def node_ids() -> list[str]:
     return list(QkdNode.objects.filter(enabled=True).values_list("node_id", flat=True))
 
 
-def client_for(qkd_node: QkdNode) -> KmeClient:
+def endpoint_for(qkd_node: QkdNode) -> tuple[tuple, KmeEndpoint]:
+    """How to reach the node's KME, and a key that changes when any of it does (for per-node client caches)."""
     cert = (qkd_node.client_cert_path, qkd_node.client_key_path) if qkd_node.client_cert_path else None
     key = (qkd_node.pk, qkd_node.kme_url, cert, qkd_node.ca_path, qkd_node.auth_mode)
+    primary = qkd_node.backend_sae_ids[0] if qkd_node.backend_sae_ids else ""
+    return key, KmeEndpoint(base_url=qkd_node.kme_url, backend_sae_id=primary,
+                            proxy_header=qkd_node.auth_mode == QkdNode.AuthMode.PROXY_HEADER,
+                            client_cert=cert, ca_path=qkd_node.ca_path or None)
+
+
+def client_for(qkd_node: QkdNode) -> KmeClient:
+    key, endpoint = endpoint_for(qkd_node)
     with _lock:
         client = _clients.get(key)
         if client is None:
-            primary = qkd_node.backend_sae_ids[0] if qkd_node.backend_sae_ids else ""
-            client = KmeClient(KmeEndpoint(
-                base_url=qkd_node.kme_url, backend_sae_id=primary,
-                proxy_header=qkd_node.auth_mode == QkdNode.AuthMode.PROXY_HEADER,
-                client_cert=cert, ca_path=qkd_node.ca_path or None))
-            _clients[key] = client
+            client = _clients[key] = KmeClient(endpoint)
     return client
 
 

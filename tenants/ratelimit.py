@@ -110,6 +110,23 @@ def scope_limits(scope: str) -> tuple[float, int, str]:
     return settings.API_RATE_LIMIT_PER_SECOND, settings.API_RATE_LIMIT_BURST, "requests"
 
 
+def take(scope: str, ident: str) -> dict[str, str]:
+    """One request of ``ident`` in ``scope``'s bucket outside DRF (the key gateway): the headers to send, or
+    ``RateLimited`` (429 with them and Retry-After) when the bucket is empty. Same buckets and identities as
+    ``TokenRateThrottle``."""
+    from portal.errors import RateLimited
+
+    rate, burst, policy = scope_limits(scope)
+    if rate <= 0:
+        return {}
+    result = limiter().take(f"{scope}:{ident}" if scope != "api" else ident, rate, burst)
+    headers = rate_headers(result, rate, burst, policy)
+    if not result.allowed:
+        raise RateLimited(f"too many requests: {policy} allows {burst} at once and {rate:g} a second",
+                          headers={**headers, "Retry-After": str(math.ceil(result.retry_after))})
+    return headers
+
+
 class TokenRateThrottle(BaseThrottle):
     """DRF throttle: one bucket per API token (or per user for browser sessions, per SAE for SAE certificates,
     per IP when anonymous) and per scope (``rate_limit_scope`` of the view: ``api`` or ``keys``)."""

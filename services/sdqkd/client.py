@@ -8,6 +8,7 @@ portal maps backend trouble in one place (``services.errors``).
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,15 +103,7 @@ class KmeClient:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code == 200 and body is not None:
-            return body
-        message = body.get("message") if isinstance(body, dict) else None
-        message = str(message or response.reason or "no message")[:500]
-        details = body.get("details") if isinstance(body, dict) else None
-        # Dialects: some KMEs answer 404/409/412 where ETSI 014 says 400, and 504 where it says 503.
-        if response.status_code in (400, 401, 403, 404, 409, 412, 422):
-            raise KmeRejected(message, status=response.status_code, details=details)
-        raise KmeUnavailable(message, status=response.status_code)
+        return _answer(response.status_code, body, response.reason)
 
     # --- ETSI GS QKD 014 ----------------------------------------------------------------------------------------
     def status(self, slave_sae_id: str, *, acting_as: str | None = None) -> dict[str, Any]:
@@ -130,6 +123,82 @@ class KmeClient:
     # --- telemetry (twin and KMEs that expose it) -------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/topology")
+
+
+def _answer(status: int, body: Any, reason: str | None) -> Any:
+    """The body of a successful answer; otherwise the failure as one of the two exceptions."""
+    if status == 200 and body is not None:
+        return body
+    message = body.get("message") if isinstance(body, dict) else None
+    message = str(message or reason or "no message")[:500]
+    details = body.get("details") if isinstance(body, dict) else None
+    # Dialects: some KMEs answer 404/409/412 where ETSI 014 says 400, and 504 where it says 503.
+    if status in (400, 401, 403, 404, 409, 412, 422):
+        raise KmeRejected(message, status=status, details=details)
+    raise KmeUnavailable(message, status=status)
+
+
+class AsyncKmeClient:
+    """The ETSI 014 key calls of ``KmeClient`` for asyncio (the key gateway): one aiohttp session per node,
+    connections kept alive, same dialects and the same two exceptions. Key calls are never retried."""
+
+    def __init__(self, endpoint: KmeEndpoint, connections: int = 64) -> None:
+        import ssl
+
+        import aiohttp
+
+        self.endpoint = endpoint
+        context = ssl.create_default_context(cafile=endpoint.ca_path) if endpoint.base_url.startswith("https") \
+            else None
+        if context is not None and endpoint.client_cert:
+            context.load_cert_chain(*endpoint.client_cert)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context if context is not None else False, limit=connections),
+            timeout=aiohttp.ClientTimeout(total=READ_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S),
+            trust_env=False, raise_for_status=False)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(self, path: str, body: dict[str, Any], acting_as: str | None) -> Any:
+        import asyncio
+
+        import aiohttp
+
+        headers = {"X-SAE-ID": acting_as or self.endpoint.backend_sae_id} if self.endpoint.proxy_header else {}
+        try:
+            async with self._session.post(self.endpoint.base_url.rstrip("/") + path, json=body,
+                                          headers=headers) as response:
+                raw = await response.read()
+                status, reason = response.status, response.reason
+        except TimeoutError as exc:
+            raise KmeUnavailable(f"the KME did not answer in time ({type(exc).__name__})") from None
+        except (aiohttp.ClientError, asyncio.CancelledError, OSError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise KmeUnavailable(f"the KME is unreachable ({type(exc).__name__})") from None
+        try:
+            parsed = _json_loads(raw)
+        except ValueError:
+            parsed = None
+        return _answer(status, parsed, reason)
+
+    async def enc_keys(self, slave_sae_id: str, *, number: int, size: int,
+                       additional_slave_sae_ids: list[str] | None = None,
+                       acting_as: str | None = None) -> list[DeliveredKey]:
+        body: dict[str, Any] = {"number": number, "size": size}
+        if additional_slave_sae_ids:
+            body["additional_slave_SAE_IDs"] = additional_slave_sae_ids
+        return _keys(await self._call(f"/api/v1/keys/{slave_sae_id}/enc_keys", body, acting_as))
+
+    async def dec_keys(self, master_sae_id: str, key_ids: list[str], *,
+                       acting_as: str | None = None) -> list[DeliveredKey]:
+        body = {"key_IDs": [{"key_ID": k} for k in key_ids]}
+        return _keys(await self._call(f"/api/v1/keys/{master_sae_id}/dec_keys", body, acting_as))
+
+
+def _json_loads(raw: bytes) -> Any:
+    return json.loads(raw)
 
 
 def _normalise_status(body: Any) -> dict[str, Any]:

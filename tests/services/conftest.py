@@ -6,6 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from services import registry
+from tests.services import listener
 from tests.tenants.conftest import client_for, make_tenant, make_user, member, plan  # noqa: F401 - fixtures
 from tests.twin.conftest import RunningTwin, start_twin, twin_factory  # noqa: F401 - fixtures
 
@@ -55,3 +56,16 @@ def make_lab(network, make_tenant, member, client_for):  # noqa: F811
         return lab
 
     return make
+
+
+@pytest.fixture
+def https_portal(https_and_web):
+    return https_and_web[0]
+
+
+@pytest.fixture
+def https_and_web(transactional_db, backend_twin, tmp_path):
+    """The portal's HTTPS listener and the web listener behind it, on the test database (committed data)."""
+    registry.register_twin(backend_twin.endpoints)
+    with listener.https_portal(tmp_path) as (base, web, _log):
+        yield base, web

@@ -7,23 +7,20 @@ import base64
 import binascii
 import logging
 import os
-import subprocess
 import threading
-import time
 
 import pytest
 import requests
-from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
 
-from portal.runstack import etsi_https_command
-from services import keyids, pki, registry
+from services import keyids, registry
 from services.models import KeyDelivery
 from tenants import quota
 from tenants.models import UsageRecord
 from tenants.services import set_quota_overrides
-from tests.services.test_mtls import ROOT, free_port, write_bundle
+from tests.services import listener
+from tests.services.test_mtls import write_bundle
 
 KEY_BITS = 256
 
@@ -176,30 +173,9 @@ def cache_dump() -> bytes:
 @pytest.fixture
 def https_portal_with_logs(transactional_db, backend_twin, tmp_path):
     """The portal's HTTPS listener (as `make run` starts it) on the test database, logging at DEBUG into a file."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the listener shares the database with a server process: PostgreSQL")
     registry.register_twin(backend_twin.endpoints)
-    db = connection.settings_dict
-    db_url = f"postgres://{db['USER']}@{db['HOST'].replace('/', '%2F')}/{db['NAME']}"
-    env = {**os.environ, "DATABASE_URL": db_url, "QKD_AUTO_REGISTER_TWIN": "false", "LOG_LEVEL": "DEBUG",
-           "QXAAS_VAR_DIR": str(settings.VAR_DIR), "DJANGO_SETTINGS_MODULE": "portal.settings.base"}
-    log = tmp_path / "portal.log"
-    port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen([*etsi_https_command(port, workers=1), "--log-level", "debug"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    base = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(base + "/healthz", verify=str(pki.pki_dir() / "ca.crt"), timeout=1)
-            break
-        except requests.RequestException:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-    yield base, log
-    proc.terminate()
-    proc.wait(timeout=20)
+    with listener.https_portal(tmp_path, log_level="debug") as (base, _web, log):
+        yield base, log
 
 
 def test_delivered_keys_never_reach_the_database_logs_or_caches(https_portal_with_logs, make_lab, tmp_path, caplog):

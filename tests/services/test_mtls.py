@@ -1,60 +1,13 @@
-"""ETSI 014 over HTTPS with SAE client certificates: gunicorn as `make run` starts it, real TLS handshakes,
-and curl as the off-the-shelf client."""
+"""ETSI 014 over HTTPS with SAE client certificates: the key gateway as `make run` starts it, real TLS
+handshakes, and curl as the off-the-shelf client."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
-import requests
-from django.conf import settings
-from django.db import connection
-
-from portal.runstack import etsi_https_command
-from services import pki, registry
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def https_portal(transactional_db, backend_twin, tmp_path):
-    """The portal's HTTPS listener on the test database (committed data: transactional tests)."""
-    registry.register_twin(backend_twin.endpoints)
-    db = connection.settings_dict
-    if connection.vendor == "postgresql":
-        db_url = f"postgres://{db['USER']}@{db['HOST'].replace('/', '%2F')}/{db['NAME']}"
-    else:
-        pytest.skip("the HTTPS listener test shares the database with a server process: PostgreSQL")
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": db_url, "QKD_AUTO_REGISTER_TWIN": "false",
-           "QXAAS_VAR_DIR": str(settings.VAR_DIR), "DJANGO_SETTINGS_MODULE": "portal.settings.base"}
-    log = tmp_path / "gunicorn.log"
-    cmd = etsi_https_command(port, workers=1)
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            requests.get(base + "/healthz", verify=str(pki.pki_dir() / "ca.crt"), timeout=1)
-            break
-        except requests.RequestException:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+from services.models import Sae
 
 
 def write_bundle(tmp_path: Path, name: str, bundle: dict) -> tuple[str, str]:
@@ -133,3 +86,28 @@ def test_a_suspended_tenants_sae_certificate_is_refused(https_portal, make_lab, 
     lab.tenant.save(update_fields=["status"])
     code, body = curl("--cacert", ca, "--cert", cert, "--key", key, f"{https_portal}/api/v1/keys/upm-rect/status")
     assert code == 403 and "suspended" in body["message"]
+
+
+def test_the_sae_certificate_works_on_paths_the_gateway_forwards_and_cannot_be_forged_at_the_web_listener(
+        https_and_web, make_lab, tmp_path):
+    """ETSI 004 is served by Django behind the gateway: the gateway vouches for the verified certificate. The
+    same headers sent straight to the web listener, without the portal's secret, authenticate nobody."""
+    base, web = https_and_web
+    lab = make_lab("upm")
+    ca = str(tmp_path / "ca.pem")
+    Path(ca).write_text(lab.bundles["upm-cait"]["ca_chain"])
+    cert, key = write_bundle(tmp_path, "master", lab.bundles["upm-cait"])
+    body = json.dumps({"source": "sae://upm-cait", "destination": "sae://upm-rect",
+                       "QoS": {"Key_chunk_size": 32, "Max_bps": 8192, "Min_bps": 256, "TTL": 60}})
+    code, opened = curl("--cacert", ca, "--cert", cert, "--key", key, "-H", "Content-Type: application/json",
+                        "-d", body, f"{base}/api/etsi004/open_connect")
+    assert code == 200 and opened["status"] == 1 and opened["Key_stream_ID"], opened
+    # a client's own X-Gateway-* headers do not get through the gateway either: no certificate, no SAE
+    serial = Sae.objects.for_tenant(lab.tenant).get(name="upm-cait").cert_serial
+    code, _ = curl("--cacert", ca, "-H", "Content-Type: application/json", "-H", f"X-Gateway-Client-Serial: {serial}",
+                   "-H", "X-Gateway-Secret: guess", "-d", body, f"{base}/api/etsi004/open_connect")
+    assert code == 401
+    for secret in ("guess", ""):
+        code, _ = curl("-H", "Content-Type: application/json", "-H", f"X-Gateway-Client-Serial: {serial}",
+                       "-H", f"X-Gateway-Secret: {secret}", "-d", body, f"{web}/api/etsi004/open_connect")
+        assert code == 401

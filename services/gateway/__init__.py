@@ -1,0 +1,1 @@
+"""The key gateway: the portal's HTTPS listener (``app`` the application, ``__main__`` the process)."""

@@ -1,0 +1,255 @@
+"""The key gateway: the portal's HTTPS listener (``make run``: https://127.0.0.1:8443), asyncio + aiohttp.
+
+It serves ETSI GS QKD 014 (``status``, ``enc_keys``, ``dec_keys``) itself and forwards every other path to
+the web listener (Django), vouching for the verified client certificate (``services.authentication``).
+
+Why not Django behind gunicorn, as before: a key request spends most of its time waiting (on the KME and the
+database), and a WSGI worker thread per waiting request, plus Django's and DRF's per-request machinery, cost
+10-25x the KME's own latency. Here the waits are asyncio's: the KME call is made on the event loop
+(``AsyncKmeClient``, kept-alive connections), and only the database work runs in a small thread pool, through
+the very functions the Django views use (``services.delivery``: the same rules, quota, metering and records).
+
+Per request: TLS client certificate (or token) -> one job in the pool (caller, rate limit, the ETSI checks,
+quota pre-check) -> the KME -> one job in the pool (metering, ledger and the delivery row, one transaction)
+-> the key container. Key material is in this process's memory for the request only, never logged (the
+access log has the request line, which never holds key material: ETSI 014 key IDs are not secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from django.db import DatabaseError, connections
+
+from portal.errors import BadRequest, ServiceUnavailable, describe
+from services import delivery, pki, registry
+from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
+from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
+from tenants.ratelimit import take
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "host", "content-length"}
+SECRET_HEADERS = {SERIAL_HEADER.lower(), SECRET_HEADER.lower()}
+
+
+class Gateway:
+    """The application's state: the database thread pool, one async KME client per node, the upstream."""
+
+    def __init__(self, threads: int = 8, upstream: str | None = None) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-db")
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self.kmes: dict[tuple, AsyncKmeClient] = {}
+        self.proxy_session: ClientSession | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in the database pool (Django connections are per thread, and stay open between jobs)."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(_job, fn, *args,
+                                                                                             **kwargs))
+
+    def kme(self, node) -> AsyncKmeClient:
+        key, endpoint = registry.endpoint_for(node)
+        client = self.kmes.get(key)
+        if client is None:
+            client = self.kmes[key] = AsyncKmeClient(endpoint)
+        return client
+
+    async def close(self) -> None:
+        for client in self.kmes.values():
+            await client.close()
+        if self.proxy_session is not None:
+            await self.proxy_session.close()
+        self.pool.shutdown(wait=False)
+
+
+def _job(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except DatabaseError:
+        # A broken connection must not stay in this thread for the next job: drop it (a new one next time).
+        for conn in connections.all(initialized_only=True):
+            conn.close()
+        logger.exception("database error in the key gateway")
+        raise ServiceUnavailable("the portal's database is unavailable; nothing was charged") from None
+
+
+# --- ETSI 014 ----------------------------------------------------------------------------------------------
+def _credentials(request: web.Request) -> tuple[str | None, str | None, str | None]:
+    """(verified certificate serial, Authorization header, X-SAE-ID header)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return (pki.serial_of(der) if der else None, request.headers.get("Authorization"),
+            request.headers.get("X-SAE-ID"))
+
+
+def _caller(credentials: tuple, scope: str):
+    sae, ident = etsi_caller(*credentials, scope=scope)
+    return sae, take("keys", ident)
+
+
+def _json(body: Any, headers: dict[str, str], status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(body, separators=(",", ":"), allow_nan=False).encode(), status=status,
+                        content_type="application/json", headers={"Cache-Control": "no-store", **headers})
+
+
+def etsi_error(exc: Exception, headers: dict[str, str] | None = None) -> web.Response:
+    """The ETSI 014 error body ``{"message", "details"}`` for the portal's errors (as ``EtsiView``)."""
+    status, _code, message, details, extra = describe(exc)
+    body: dict[str, Any] = {"message": message}
+    if details is not None:
+        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
+                                                                     else {"detail": details}]
+    if status == 401:
+        extra.setdefault("WWW-Authenticate", AUTHENTICATE_HEADER)
+    return _json(body, {**(headers or {}), **extra}, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET" or not request.can_read_body:
+        return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def etsi_view(scope: str):
+    """An ETSI 014 handler: errors in the ETSI format with the rate-limit headers of the request."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def view(request: web.Request) -> web.Response:
+            state = {"headers": {}}
+            try:
+                return await handler(request, request.app["gateway"], scope, state)
+            except Exception as exc:  # describe() re-raises what is not the portal's error
+                try:
+                    return etsi_error(exc, state["headers"])
+                except Exception:
+                    logger.exception("unexpected error in the key gateway")
+                    return _json({"message": "internal error"}, {}, 500)
+        return view
+    return wrap
+
+
+def _status(credentials: tuple, scope: str, slave: str) -> tuple[dict, dict]:
+    master, headers = _caller(credentials, scope)
+    return delivery.status(master, slave), headers
+
+
+@etsi_view("keys:read")
+async def status_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
+    body, state["headers"] = await gateway.run(_status, _credentials(request), scope, request.match_info["sae"])
+    return _json(body, state["headers"])
+
+
+def _order(credentials: tuple, scope: str, slave: str, params: dict[str, Any]):
+    master, headers = _caller(credentials, scope)
+    return delivery.order_keys(master, slave, **params), headers
+
+
+@etsi_view("keys:write")
+async def enc_keys_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
+    if request.method == "GET":
+        params = {"number": request.query.get("number"), "size": request.query.get("size")}
+    else:
+        b = await _body(request)
+        params = {"number": b.get("number"), "size": b.get("size"),
+                  "additional_slave_sae_ids": b.get("additional_slave_SAE_IDs"),
+                  "extension_mandatory": b.get("extension_mandatory")}
+    order, state["headers"] = await gateway.run(_order, _credentials(request), scope, request.match_info["sae"],
+                                                params)
+    node = order.pair.master_node
+    try:
+        keys = await gateway.kme(node).enc_keys(order.pair.slave_sae, **order.ask())
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise delivery._backend_error(exc, node) from None
+    return _json(await gateway.run(delivery.deliver, order, keys), state["headers"])
+
+
+def _fetch(credentials: tuple, scope: str, master: str, raw_ids: Any):
+    slave, headers = _caller(credentials, scope)
+    return delivery.fetch_order(slave, master, delivery.parse_key_ids(raw_ids)), headers
+
+
+@etsi_view("keys:read")
+async def dec_keys_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
+    if request.method == "GET":
+        key_id = request.query.get("key_ID")
+        if not key_id:
+            raise BadRequest("key_ID is required")
+        raw_ids: Any = [{"key_ID": key_id}]
+    else:
+        raw_ids = (await _body(request)).get("key_IDs")
+    fetch, state["headers"] = await gateway.run(_fetch, _credentials(request), scope, request.match_info["sae"],
+                                                raw_ids)
+    keys: list[DeliveredKey] = []
+    try:
+        for backend_slave, ids in fetch.by_backend.items():
+            keys += await gateway.kme(fetch.slave.node).dec_keys(fetch.pair.master_sae, ids, acting_as=backend_slave)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise fetch.failed(exc) from None
+    return _json(await gateway.run(delivery.fetched, fetch, keys), state["headers"])
+
+
+# --- everything else: the web listener ---------------------------------------------------------------------
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Any other path, to the web listener, with the verified client certificate vouched for."""
+    gateway: Gateway = request.app["gateway"]
+    if gateway.upstream is None:
+        return _json({"error": {"code": "not_found", "message": "this listener serves ETSI GS QKD 014 only "
+                                "(/api/v1/keys/...); use the web listener for the rest of the API"}}, {}, 404)
+    if gateway.proxy_session is None:
+        gateway.proxy_session = ClientSession(connector=TCPConnector(limit=100), trust_env=False,
+                                              timeout=ClientTimeout(total=None, sock_connect=10),
+                                              auto_decompress=False)
+    serial, _auth, _sae = _credentials(request)
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | SECRET_HEADERS}
+    headers.update({"X-Forwarded-Proto": "https", "X-Forwarded-For": request.remote or "",
+                    "Host": request.host})
+    if serial:
+        headers.update({SERIAL_HEADER: serial, SECRET_HEADER: gateway_secret()})
+    try:
+        async with gateway.proxy_session.request(request.method, gateway.upstream + request.rel_url.raw_path_qs,
+                                                 headers=headers, data=await request.read(),
+                                                 allow_redirects=False) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers={
+                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(1 << 16):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except OSError as exc:
+        logger.warning("the web listener %s is unreachable: %s", gateway.upstream, type(exc).__name__)
+        return _json({"error": {"code": "service_unavailable", "message": "the portal's web listener is "
+                                "unavailable"}}, {}, 503)
+
+
+def build_app(gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=4 << 20)
+    app["gateway"] = gateway
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/api/v1/keys/{sae}/status", status_view)
+        app.router.add_route(method, "/api/v1/keys/{sae}/enc_keys", enc_keys_view)
+        app.router.add_route(method, "/api/v1/keys/{sae}/dec_keys", dec_keys_view)
+    app.router.add_route("*", "/{tail:.*}", forward)
+
+    async def close(_app: web.Application) -> None:
+        await gateway.close()
+
+    app.on_cleanup.append(close)
+    return app
