@@ -1,4 +1,4 @@
-"""Shared harness of the gateway benchmarks: a twin, a portal (gunicorn, as ``portal/runstack.py`` starts it) on
+"""Shared harness of the gateway benchmarks: a twin, a portal (the key gateway, as ``portal/runstack.py`` starts it) on
 a temporary var dir and database, tenants and SAEs made through the portal's own services, and an aiohttp
 load generator. Everything runs on 127.0.0.1 and is stopped on exit.
 
@@ -184,11 +184,10 @@ def start_portal(var_dir: Path, db_url: str, workers: int, threads: int) -> Port
 
     connections.close_all()
     port = free_port()
-    cmd = etsi_https_command(port, workers=workers)
-    cmd[cmd.index("--threads") + 1] = str(threads)
+    cmd = [*etsi_https_command(port, workers=workers), "--threads", str(threads)]
     env = {**os.environ, "DATABASE_URL": db_url, "QXAAS_VAR_DIR": str(var_dir), "QKD_AUTO_REGISTER_TWIN": "false",
            "DJANGO_SETTINGS_MODULE": "portal.settings.base", "LOG_LEVEL": "WARNING"}
-    log_path = var_dir / "gunicorn.log"
+    log_path = var_dir / "gateway.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     ca = str(pki.pki_dir() / "ca.crt")
@@ -199,7 +198,7 @@ def start_portal(var_dir: Path, db_url: str, workers: int, threads: int) -> Port
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, \
                     ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                tls.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                tls.sendall(b"GET /gateway/healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
                 if tls.recv(64).split(b" ")[1:2] == [b"200"]:
                     return portal
         except OSError:
@@ -211,9 +210,9 @@ def start_portal(var_dir: Path, db_url: str, workers: int, threads: int) -> Port
 
 
 def add_portal_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every gateway benchmark takes: the portal's gunicorn size, the twin's speed, a JSON copy."""
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (runstack: 2)")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (runstack: 8)")
+    """The options every gateway benchmark takes: the key gateway's size, the twin's speed, a JSON copy."""
+    parser.add_argument("--workers", type=int, default=2, help="key gateway processes (runstack: 2)")
+    parser.add_argument("--threads", type=int, default=8, help="database threads per process (runstack: 8)")
     parser.add_argument("--time-scale", type=float, default=200.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
 
@@ -352,5 +351,5 @@ class Bench(ExitStack):
 
     def describe(self) -> dict[str, Any]:
         _, workers, threads, _, _ = self.args
-        return {"database": self.db.vendor, "portal_listener": "gunicorn HTTPS mTLS (etsi_https_command)",
+        return {"database": self.db.vendor, "portal_listener": "key gateway HTTPS mTLS (etsi_https_command)",
                 "workers": workers, "threads": threads, "cpus": os.cpu_count()}

@@ -18,7 +18,7 @@ STOP_TIMEOUT_S = 15
 GUNICORN_CONFIG = "python:portal.gunicorn_conf"  # worker hooks (gc.freeze after loading the portal)
 
 
-def etsi_https_command(port: int, workers: int = 1, upstream: str | None = None) -> list[str]:
+def etsi_https_command(port: int, workers: int = 2, upstream: str | None = None) -> list[str]:
     """The key gateway (``services.gateway``) on HTTPS: ETSI 014 itself, with SAE client certificates (optional
     at the TLS layer, verified against the portal CA) or tokens; every other path forwarded to ``upstream``
     (the web listener) with the verified certificate vouched for."""

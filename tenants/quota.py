@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -213,18 +213,80 @@ class _OverLimit(Exception):
         self.key, self.limit = key, limit
 
 
-def _add(tenant: Tenant, key: str, window_start: datetime, amount: int, limit: int) -> bool:
-    """Add ``amount`` to the window's counter if it stays within ``limit``; False when it would not.
-
-    The conditional UPDATE is the decision (it takes the row lock). The counter row is created only when the
-    UPDATE found none, so the common case is one statement instead of a SELECT and an UPDATE. Plain SQL: two of
-    these run in every metered request, and the ORM spent more CPU building each than the database executing it."""
+def _add_statement(tenant: Tenant, key: str, window_start: datetime, amount: int, limit: int) -> tuple[str, list]:
+    """The conditional ``UPDATE`` of ``_add``: one row when ``amount`` fits in the window's counter."""
     sql = (f"UPDATE {_TABLE['counter']} SET {_COL['used']} = {_COL['used']} + %s WHERE {_COL['tenant']} = %s "  # noqa: S608
            f"AND {_COL['qk']} = %s AND {_COL['ws']} = %s")
     params = [amount, tenant.pk, key, connection.ops.adapt_datetimefield_value(window_start)]
     if limit != UNLIMITED:
         sql += f" AND {_COL['used']} <= %s"
         params.append(limit - amount)
+    return sql, params
+
+
+_LEDGER_FIELDS = ("tenant", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "created_at")
+_LEDGER_INSERT = (
+    f"INSERT INTO {_qn(UsageRecord._meta.db_table)} "  # noqa: S608 - names from the model
+    f"({', '.join(_qn(UsageRecord._meta.get_field(f).column) for f in _LEDGER_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_LEDGER_FIELDS))}) ON CONFLICT DO NOTHING RETURNING "
+    f"{_qn(UsageRecord._meta.pk.column)}")
+
+
+class _NotTheCommonCase(Exception):
+    pass
+
+
+def _consume_pipelined(tenant: Tenant, meter: str, amount: int, idempotency_key: str, reference: str,
+                       limits: dict[str, int], then: Callable[[UsageRecord], None] | None,
+                       now: datetime) -> UsageRecord | None:
+    """``consume``'s common case on PostgreSQL in two round trips instead of six: the windows' conditional
+    ``UPDATE``s, the ledger row and ``then``'s statements are sent together (psycopg's pipeline mode), then
+    ``COMMIT``. The decision is the same (each ``UPDATE`` takes its row lock and adds only within the limit).
+
+    Returns None, having changed nothing (rolled back), when it is not the common case: a window's first use
+    (no counter row yet), a limit that would be exceeded, a replayed idempotency key, any error. ``consume``'s
+    general path then decides and explains, as it always did."""
+    spec = METERS[meter]
+    keys = [quota_key(meter, window) for window in spec.windows]
+    if connection.vendor != "postgresql" or connection.in_atomic_block or any(k not in limits for k in keys):
+        return None
+    import psycopg
+
+    record = UsageRecord(tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=amount,
+                         unit=spec.unit, reference=reference[:200], idempotency_key=idempotency_key, created_at=now)
+    try:
+        with transaction.atomic():
+            connection.ensure_connection()
+            raw = connection.connection
+            with raw.pipeline():
+                updates = []
+                for window, key in zip(spec.windows, keys, strict=True):
+                    updates.append(raw.cursor())
+                    updates[-1].execute(*_add_statement(tenant, key, window_bounds(window, now)[0], amount,
+                                                        limits[key]))
+                ledger = raw.cursor()
+                ledger.execute(_LEDGER_INSERT, [tenant.pk, meter, record.kind, amount, spec.unit, record.reference,
+                                                idempotency_key, connection.ops.adapt_datetimefield_value(now)])
+                if then is not None:
+                    then(record)
+            inserted = ledger.fetchone()
+            if inserted is None or any(u.rowcount != 1 for u in updates):
+                raise _NotTheCommonCase
+    except (_NotTheCommonCase, psycopg.Error, DatabaseError):
+        return None
+    record.pk = inserted[0]
+    record._state.adding = False
+    record.replayed = False
+    return record
+
+
+def _add(tenant: Tenant, key: str, window_start: datetime, amount: int, limit: int) -> bool:
+    """Add ``amount`` to the window's counter if it stays within ``limit``; False when it would not.
+
+    The conditional UPDATE is the decision (it takes the row lock). The counter row is created only when the
+    UPDATE found none, so the common case is one statement instead of a SELECT and an UPDATE. Plain SQL: two of
+    these run in every metered request, and the ORM spent more CPU building each than the database executing it."""
+    sql, params = _add_statement(tenant, key, window_start, amount, limit)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if cursor.rowcount:
@@ -256,6 +318,10 @@ def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, refer
     if not tenant.is_active:
         raise Forbidden(f"tenant {tenant.slug!r} is suspended")
     now = timezone.now()
+    if limits is not None:
+        record = _consume_pipelined(tenant, meter, amount, idempotency_key, reference, limits, then, now)
+        if record is not None:
+            return record
     try:
         with transaction.atomic():
             # No look-up of the idempotency key first: the ledger's unique constraint catches a replay at the

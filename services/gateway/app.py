@@ -239,9 +239,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
                                 "unavailable"}}, {}, 503)
 
 
+async def healthz(_request: web.Request) -> web.Response:
+    """The gateway's own liveness (a load balancer's check; the web listener has its own /healthz)."""
+    return _json({"status": "ok", "listener": "key gateway"}, {})
+
+
 def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=4 << 20)
     app["gateway"] = gateway
+    app.router.add_get("/gateway/healthz", healthz)
     for method in ("GET", "POST"):
         app.router.add_route(method, "/api/v1/keys/{sae}/status", status_view)
         app.router.add_route(method, "/api/v1/keys/{sae}/enc_keys", enc_keys_view)

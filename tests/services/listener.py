@@ -61,7 +61,7 @@ def https_portal(tmp_path: Path, log_level: str = "info") -> Iterator[tuple[str,
     base = f"https://127.0.0.1:{port}"
     try:
         _wait(web + "/healthz", procs, log)
-        _wait(base + "/healthz", procs, log, verify=str(pki.pki_dir() / "ca.crt"))
+        _wait(base + "/gateway/healthz", procs, log, verify=str(pki.pki_dir() / "ca.crt"))
         yield base, web, log
     finally:
         for proc in procs:
