@@ -23,6 +23,7 @@ import secrets
 import struct
 from functools import cache
 
+import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -55,9 +56,15 @@ def _uuid_strings(blob: bytes) -> list[str]:
             for i in range(0, len(h), 32)]
 
 
+_PLAIN = np.dtype([("batch", ">u8"), ("index", ">u4"), ("zero", ">u4")])  # the layout of _BLOCK
+
+
 def seal(batch: int, count: int, first: int = 0) -> list[str]:
     """The key IDs of keys ``first .. first + count - 1`` of ``batch``."""
-    plain = b"".join([_BLOCK.pack(batch, i) for i in range(first, first + count)])
+    blocks = np.zeros(count, dtype=_PLAIN)  # all the blocks at once (a struct.pack per key cost ~1 us)
+    blocks["batch"] = batch
+    blocks["index"] = np.arange(first, first + count, dtype=np.uint32)
+    plain = blocks.tobytes()
     encryptor = _cipher().encryptor()
     return _uuid_strings(encryptor.update(plain) + encryptor.finalize())
 

@@ -310,7 +310,9 @@ def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, refer
 
     ``then(record)`` runs in the same transaction right after a new ledger row is written (not for a replay):
     the caller's own rows commit or roll back with the consumption, without a transaction of its own around
-    this one (which would cost a savepoint, two more round trips, per request).
+    this one (which would cost a savepoint, two more round trips, per request). It may run twice (a pipelined
+    attempt that is rolled back, then the general path): only its statements in the committed transaction
+    count, so it must do nothing but database writes.
     """
     spec = _meter(meter)
     _check_amount(amount)

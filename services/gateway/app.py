@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from django.db import DatabaseError, connections
 
@@ -96,8 +96,8 @@ def _caller(credentials: tuple, scope: str):
 
 
 def _json(body: Any, headers: dict[str, str], status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body, separators=(",", ":"), allow_nan=False).encode(), status=status,
-                        content_type="application/json", headers={"Cache-Control": "no-store", **headers})
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                        headers={"Cache-Control": "no-store", **headers})
 
 
 def etsi_error(exc: Exception, headers: dict[str, str] | None = None) -> web.Response:
@@ -119,7 +119,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
     except ValueError:
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(data, dict):

@@ -8,11 +8,11 @@ portal maps backend trouble in one place (``services.errors``).
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -198,7 +198,7 @@ class AsyncKmeClient:
 
 
 def _json_loads(raw: bytes) -> Any:
-    return json.loads(raw)
+    return orjson.loads(raw)  # a JSONDecodeError is a ValueError, like json's
 
 
 def _normalise_status(body: Any) -> dict[str, Any]:

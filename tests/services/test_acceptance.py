@@ -18,7 +18,7 @@ from services.models import KeyDelivery
 from tenants import quota
 from tenants.demo import bootstrap_demo
 from tenants.models import Tenant, UsageRecord
-from tests.services.test_mtls import https_portal, write_bundle  # noqa: F401 - fixture
+from tests.services.test_mtls import write_bundle
 
 
 def client(base_url: str, bundles: Path, sae: str) -> QKD014Client:
@@ -26,7 +26,7 @@ def client(base_url: str, bundles: Path, sae: str) -> QKD014Client:
     return QKD014Client(host, str(bundles / f"{sae}.crt"), str(bundles / f"{sae}.key"), str(bundles / "ca.crt"))
 
 
-def test_a_standard_etsi_014_client_with_the_demo_bundles(https_portal, backend_twin, make_lab, settings,  # noqa: F811
+def test_a_standard_etsi_014_client_with_the_demo_bundles(https_portal, backend_twin, make_lab, settings,
                                                           tmp_path):
     settings.QKD_TWIN_STATE_DIR = str(backend_twin.state_dir)
     # demo_saes writes into VAR_DIR/demo-saes: a copy of the state directory keeps a developer's own

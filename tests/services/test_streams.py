@@ -21,7 +21,7 @@ from tenants import quota
 from tenants.models import UsageRecord
 from tenants.services import set_quota_overrides
 from tests.conftest import uses_postgres
-from tests.services.test_mtls import curl, https_portal, write_bundle  # noqa: F401 - fixture
+from tests.services.test_mtls import curl, write_bundle
 from tests.tenants.test_secrets import database_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -317,7 +317,7 @@ def test_a_celery_worker_with_beat_fills_and_expires_streams(make_lab, backend_t
     assert c["status"] == r["status"] == 0 and c["key_buffer"] == r["key_buffer"]
 
 
-def test_curl_with_sae_certificates_runs_a_stream_through_the_https_listener(https_portal, make_lab, tmp_path):  # noqa: F811
+def test_curl_with_sae_certificates_runs_a_stream_through_the_https_listener(https_portal, make_lab, tmp_path):
     lab = make_lab("upm")
     ca = str(tmp_path / "ca.pem")
     Path(ca).write_text(lab.bundles["upm-cait"]["ca_chain"])

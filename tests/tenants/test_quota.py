@@ -146,10 +146,14 @@ def test_ledger_is_append_only(make_tenant):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(not uses_postgres(), reason="the concurrency guarantee is tested on PostgreSQL")
-def test_64_concurrent_consumers_never_overshoot(plan):
-    """64 threads, each with its own database connection, race for a quota that fits 40 of them."""
+@pytest.mark.parametrize("pipelined", [False, True], ids=["general", "pipelined"])
+def test_64_concurrent_consumers_never_overshoot(plan, pipelined):
+    """64 threads, each with its own database connection, race for a quota that fits 40 of them (with the
+    limits read beforehand, as key delivery does, consume takes its two-round-trip path on PostgreSQL)."""
     tenant = Tenant.objects.create(name="Race", slug="race", plan=plan)
     set_quota_overrides(tenant, {"qkd_key_bits.day": 40 * 256, "qkd_key_bits.month": -1})
+    quota.consume(tenant, "qkd_key_bits", 256, "warm-up")  # the windows' counter rows exist: the common case
+    limits = quota.check(tenant, "qkd_key_bits", 256) if pipelined else None
     barrier = threading.Barrier(64)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -158,7 +162,7 @@ def test_64_concurrent_consumers_never_overshoot(plan):
         try:
             barrier.wait(timeout=30)
             try:
-                quota.consume(tenant, "qkd_key_bits", 256, f"req-{i}")
+                quota.consume(tenant, "qkd_key_bits", 256, f"req-{i}", limits=limits)
                 result = "ok"
             except QuotaExceeded:
                 result = "exceeded"
@@ -173,8 +177,46 @@ def test_64_concurrent_consumers_never_overshoot(plan):
     for t in threads:
         t.join(timeout=60)
     assert len(outcomes) == 64
-    assert outcomes.count("ok") == 40
+    assert outcomes.count("ok") == 39
     assert used(tenant, "qkd_key_bits.day") == 40 * 256 == ledger_sum(tenant, "qkd_key_bits")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not uses_postgres(), reason="the pipelined path is PostgreSQL's")
+def test_the_pipelined_path_decides_exactly_like_the_general_one(plan, monkeypatch):
+    """With limits given (outside a transaction) consume sends everything in one round trip; whenever that is
+    not the common case (first use of a window, over a limit, a replay) it changes nothing and the general
+    path decides. ``then``'s rows commit or roll back with it."""
+    taken = []
+    pipelined = quota._consume_pipelined
+    monkeypatch.setattr(quota, "_consume_pipelined", lambda *a, **k: taken.append(r := pipelined(*a, **k)) or r)
+    tenant = Tenant.objects.create(name="Pipe", slug="pipe", plan=plan)
+    set_quota_overrides(tenant, {"qkd_key_bits.day": 1000, "qkd_key_bits.month": -1})
+    marks = []
+
+    def then(record):
+        with connection.cursor() as cursor:  # a statement of the caller's, in the same transaction
+            cursor.execute("UPDATE tenants_tenant SET name = %s WHERE id = %s", [f"Pipe {len(marks)}", tenant.pk])
+        marks.append(record.idempotency_key)
+
+    def consume(amount, key):
+        return quota.consume(tenant, "qkd_key_bits", amount, key, limits=quota.check(tenant, "qkd_key_bits", 1),
+                             then=then)
+
+    consume(400, "first")  # no counter rows yet: the general path creates them
+    assert taken == [None] and used(tenant, "qkd_key_bits.day") == 400
+    record = consume(500, "second")
+    assert taken[-1] is record and record.pk and not record.replayed
+    assert used(tenant, "qkd_key_bits.day") == 900 == ledger_sum(tenant, "qkd_key_bits")
+    committed = f"Pipe {len(marks) - 1}"
+    assert Tenant.objects.get(pk=tenant.pk).name == committed  # then's statement committed with it
+    with pytest.raises(QuotaExceeded, match="900 of 1000"):
+        consume(101, "third")
+    assert taken[-1] is None and used(tenant, "qkd_key_bits.day") == 900 == ledger_sum(tenant, "qkd_key_bits")
+    assert Tenant.objects.get(pk=tenant.pk).name == committed  # the refused request's statement rolled back
+    again = consume(500, "second")  # a replay: recorded once, charged once
+    assert again.replayed and again.pk == record.pk and taken[-1] is None
+    assert used(tenant, "qkd_key_bits.day") == 900 == ledger_sum(tenant, "qkd_key_bits")
 
 
 @pytest.mark.django_db(transaction=True)
