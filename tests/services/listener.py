@@ -41,14 +41,14 @@ def _wait(url: str, procs: list[subprocess.Popen], log: Path, verify: str | bool
 
 
 @contextmanager
-def https_portal(tmp_path: Path, log_level: str = "info") -> Iterator[tuple[str, str, Path]]:
-    """(gateway https URL, web listener http URL, the log both write)."""
+def https_portal(tmp_path: Path, log_level: str = "info", **extra_env: str) -> Iterator[tuple[str, str, Path]]:
+    """(gateway https URL, web listener http URL, the log both write). ``extra_env``: settings for both."""
     if connection.vendor != "postgresql":
         pytest.skip("the listener shares the database with server processes: PostgreSQL")
     db = connection.settings_dict
     env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'].replace('/', '%2F')}/{db['NAME']}",
            "QKD_AUTO_REGISTER_TWIN": "false", "LOG_LEVEL": log_level.upper(),
-           "QXAAS_VAR_DIR": str(settings.VAR_DIR), "DJANGO_SETTINGS_MODULE": "portal.settings.base"}
+           "QXAAS_VAR_DIR": str(settings.VAR_DIR), "DJANGO_SETTINGS_MODULE": "portal.settings.base", **extra_env}
     web_port, port = free_port(), free_port()
     web = f"http://127.0.0.1:{web_port}"
     log = tmp_path / "portal.log"

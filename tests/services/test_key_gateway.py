@@ -1,0 +1,99 @@
+"""The key gateway (the HTTPS listener) itself: ETSI errors, tokens, rate limits and a KME failure through its
+asyncio path, against the real processes as `make run` starts them (PostgreSQL: they share the database)."""
+
+from __future__ import annotations
+
+import requests
+
+from services import keyids, registry
+from services.models import KeyDelivery, QkdNode
+from tenants.models import UsageRecord
+from tests.services import listener
+from tests.services.test_mtls import write_bundle
+
+
+def session(ca: str, cert: tuple[str, str] | None = None) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False  # the environment's CA bundle must not replace the portal CA
+    s.verify = ca
+    s.cert = cert
+    return s
+
+
+def etsi_error(response: requests.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) <= {"message", "details"} and body["message"], body  # the ETSI error body
+    return body["message"]
+
+
+def charged(tenant) -> tuple[int, int]:
+    """(ledger rows, keys on record)."""
+    return (UsageRecord.objects.for_tenant(tenant).count(),
+            sum(KeyDelivery.objects.for_tenant(tenant).values_list("key_count", flat=True)))
+
+
+def test_errors_tokens_and_a_kme_failure_through_the_gateway(https_and_web, make_lab, tmp_path):
+    base, _web = https_and_web
+    lab = make_lab("upm")
+    ca = str(tmp_path / "ca.pem")
+    (tmp_path / "ca.pem").write_text(lab.bundles["upm-cait"]["ca_chain"])
+    url = f"{base}/api/v1/keys"
+    anonymous = session(ca)
+    master = session(ca, write_bundle(tmp_path, "master", lab.bundles["upm-cait"]))
+    slave = session(ca, write_bundle(tmp_path, "slave", lab.bundles["upm-rect"]))
+    token = {"Authorization": f"Bearer {lab.client.token_secret}"}
+
+    # no credentials, a bad token, a token without X-SAE-ID: ETSI errors, the right statuses
+    response = anonymous.post(f"{url}/upm-rect/enc_keys", json={"number": 1}, timeout=10)
+    etsi_error(response, 401)
+    assert "mTLS" in response.headers["WWW-Authenticate"]
+    etsi_error(anonymous.get(f"{url}/upm-rect/status", headers={"Authorization": "Bearer qx_no.such"}, timeout=10),
+               401)
+    assert "X-SAE-ID" in etsi_error(anonymous.get(f"{url}/upm-rect/status", headers=token, timeout=10), 400)
+    # malformed bodies and names
+    assert "JSON" in etsi_error(master.post(f"{url}/upm-rect/enc_keys", data=b"{nope", timeout=10), 400)
+    etsi_error(master.post(f"{url}/upm-rect/enc_keys", json=[1, 2], timeout=10), 400)
+    assert "unknown slave SAE" in etsi_error(master.post(f"{url}/nobody/enc_keys", json={}, timeout=10), 400)
+    assert charged(lab.tenant) == (0, 0)
+
+    # a token naming the SAE works like its certificate; the key-delivery rate-limit headers come along
+    response = anonymous.post(f"{url}/upm-rect/enc_keys", json={"number": 2}, timeout=10,
+                              headers={**token, "X-SAE-ID": "upm-cait"})
+    assert response.status_code == 200, response.text
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["RateLimit-Policy"].startswith('"key-requests"')
+    keys = response.json()["keys"]
+    assert all(keyids.open_ids([k["key_ID"]])[0] for k in keys) and charged(lab.tenant) == (1, 2)
+    fetched = slave.post(f"{url}/upm-cait/dec_keys", json={"key_IDs": [{"key_ID": keys[0]["key_ID"]}]}, timeout=10)
+    assert fetched.status_code == 200 and fetched.json()["keys"][0]["key"] == keys[0]["key"]
+    # fetched before: the KME refuses, the tenant sees the one "not found" answer, not the KME's own key IDs
+    again = slave.get(f"{url}/upm-cait/dec_keys", params={"key_ID": keys[0]["key_ID"]}, timeout=10)
+    assert "not found" in etsi_error(again, 400)
+    assert again.json()["details"] == [{"key_IDs": [keys[0]["key_ID"]]}]
+
+    # the master's KME goes away: 503 from the asyncio path, nothing charged, and back when it is back
+    node = QkdNode.objects.get(node_id="CAIT")
+    kme_url = node.kme_url
+    QkdNode.objects.filter(pk=node.pk).update(kme_url=f"https://127.0.0.1:{listener.free_port()}")
+    try:
+        assert "CAIT" in etsi_error(master.post(f"{url}/upm-rect/enc_keys", json={"number": 1}, timeout=10), 503)
+        assert charged(lab.tenant) == (1, 2)
+    finally:
+        QkdNode.objects.filter(pk=node.pk).update(kme_url=kme_url)
+    assert master.post(f"{url}/upm-rect/enc_keys", json={"number": 1}, timeout=10).status_code == 200
+    assert charged(lab.tenant) == (2, 3)
+
+
+def test_the_key_request_rate_limit_answers_429_with_retry_after(transactional_db, backend_twin, make_lab,
+                                                                 tmp_path):
+    registry.register_twin(backend_twin.endpoints)
+    with listener.https_portal(tmp_path, KEY_DELIVERY_RATE_LIMIT_PER_SECOND="0.01",
+                               KEY_DELIVERY_RATE_LIMIT_BURST="2") as (base, _web, _log):
+        lab = make_lab("upm")
+        (tmp_path / "ca.pem").write_text(lab.bundles["upm-cait"]["ca_chain"])
+        master = session(str(tmp_path / "ca.pem"), write_bundle(tmp_path, "master", lab.bundles["upm-cait"]))
+        statuses = [master.get(f"{base}/api/v1/keys/upm-rect/status", timeout=10) for _ in range(3)]
+        assert [r.status_code for r in statuses] == [200, 200, 429]
+        assert int(statuses[2].headers["Retry-After"]) > 0 and "too many requests" in statuses[2].json()["message"]
+        assert statuses[1].headers["X-RateLimit-Remaining"] == "0"
