@@ -1,12 +1,16 @@
-"""Profile the gateway's hot path in one process: ETSI 014 ``enc_keys`` through the whole Django stack
-(middleware, SAE certificate authentication, rate limit, quota check, backend call, quota consume, ledger,
-key-ID rows, JSON rendering) against the twin, under cProfile.
+"""Profile the gateway's hot path in one process, against the twin, under cProfile.
 
-The TLS listener is left out (gunicorn's part is the same for any Django view); the SAE certificate reaches
-the authentication class the way gunicorn hands it over (``environ["gunicorn.socket"].getpeercert``), so the
-authentication code that runs is the production one.
+``--path gateway`` (default): what the key gateway (the HTTPS listener) does for ETSI 014 ``enc_keys``: its
+database job (SAE certificate authentication, rate limit, ETSI checks, quota pre-check), the KME call with its
+``AsyncKmeClient``, its metering job (counters, ledger, delivery row) and the JSON, the very functions of
+``services.gateway.app``. The TLS listener and the hops to its thread pool are left out (the jobs run on the
+loop's thread here).
 
-    .venv/bin/python bench/gateway_profile.py [--requests 300] [--number 1] [--size 256] [--top 35]
+``--path django``: the same request through the whole Django stack (middleware, DRF, the ETSI 014 views of the
+web listener, which token clients on :8000 use), the SAE certificate handed over as gunicorn would
+(``environ["gunicorn.socket"].getpeercert``).
+
+    .venv/bin/python bench/gateway_profile.py [--path gateway|django] [--requests 300] [--number 1] [--size 256]
 
 PostgreSQL when DATABASE_URL names one (a temporary database is created and dropped), else SQLite.
 """
@@ -36,14 +40,41 @@ class PeerSocket:
         return self.der
 
 
+def gateway_request(der: bytes, body: dict):
+    """One key gateway ``enc_keys`` as a plain call: its two database jobs on this thread (as on one of its
+    pool's threads, with this thread's connection), the KME call on an event loop in between."""
+    import asyncio
+
+    from services import delivery, pki
+    from services.gateway.app import Gateway, _json, _order
+
+    gateway, loop = Gateway(), asyncio.new_event_loop()
+    credentials = (pki.serial_of(der), None, None)
+
+    def one() -> float:
+        t0 = time.perf_counter()
+        order, headers = _order(credentials, "keys:write", "prof-b", dict(body))
+        async def take_keys():  # the client is made (once) on the loop, as in the gateway
+            return await gateway.kme(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
+
+        keys = loop.run_until_complete(take_keys())
+        assert _json(delivery.deliver(order, keys), headers).status == 200
+        return time.perf_counter() - t0
+
+    one.close = lambda: loop.run_until_complete(gateway.close())  # type: ignore[attr-defined]
+    return one
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", choices=["gateway", "django"], default="gateway")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--number", type=int, default=1)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--sort", default="cumulative")
-    parser.add_argument("--queries", action="store_true", help="print the SQL of one request")
+    parser.add_argument("--queries", action="store_true", help="print the SQL of one request (Django's cursors "
+                        "only: the metering statements sent in psycopg's pipeline are not listed)")
     parser.add_argument("--dump", type=Path, help="also write the raw profile here (pstats format)")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() after the warm-up, as the gunicorn workers do after loading the portal")
@@ -66,14 +97,17 @@ def main() -> int:
 
             pem = Path(saes["prof-a"].cert).read_bytes()
             der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
-            client = Client(HTTP_HOST="127.0.0.1", **{"gunicorn.socket": PeerSocket(der)})
             body = {"number": args.number, "size": args.size}
+            if args.path == "django":
+                client = Client(HTTP_HOST="127.0.0.1", **{"gunicorn.socket": PeerSocket(der)})
 
-            def one() -> float:
-                t0 = time.perf_counter()
-                response = client.post("/api/v1/keys/prof-b/enc_keys", body, content_type="application/json")
-                assert response.status_code == 200, response.content
-                return time.perf_counter() - t0
+                def one() -> float:
+                    t0 = time.perf_counter()
+                    response = client.post("/api/v1/keys/prof-b/enc_keys", body, content_type="application/json")
+                    assert response.status_code == 200, response.content
+                    return time.perf_counter() - t0
+            else:
+                one = gateway_request(der, body)
 
             for _ in range(20):  # warm-up: connections, caches, imports
                 one()
@@ -99,7 +133,8 @@ def main() -> int:
             for _ in range(args.requests):
                 one()
             profile.disable()
-            print(f"{args.requests} x enc_keys {args.number} x {args.size} bit in-process on {db.vendor}: "
+            print(f"{args.requests} x enc_keys {args.number} x {args.size} bit in-process ({args.path}) on {db.vendor}:"
+                  " "
                   f"p50 {percentile(plain, 0.5) * 1000:.2f} ms, p99 {percentile(plain, 0.99) * 1000:.2f} ms "
                   f"(without the profiler); this process's CPU {cpu * 1000:.2f} ms per request (the portal's own work, "
                   "not the waits on the database and the KME: steadier than wall time on a shared machine)")
@@ -113,6 +148,7 @@ def main() -> int:
             stats.strip_dirs()
             print(f"database round trips (psycopg waits) per request: {waits / args.requests:.1f}")
             stats.sort_stats(args.sort).print_stats(args.top)
+            getattr(one, "close", lambda: None)()
         finally:
             if db is not None:
                 db.drop()
