@@ -347,7 +347,7 @@ def insert_key_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int)
     rows = []
     for d in deliveries:
         packed = keyids.pack_backend_ids(",".join([k.key_id for k in d.keys]))
-        hops = max({k.hops for k in d.keys if k.key_id_extension}, default=0)
+        hops = d.keys[0].hops if d.keys else 0  # a request's keys travel one route
         backend_slaves = d.backend_slaves or [backend_pair(d.master, slave).slave_sae for slave in d.slaves]
         for slave, backend_slave in zip(d.slaves, backend_slaves, strict=True):
             rows.append([tenant.pk, d.batch, d.master.pk, slave.pk, size, len(d.keys), packed, hops,

@@ -51,9 +51,15 @@ def new_batch() -> int:
 
 
 def _uuid_strings(blob: bytes) -> list[str]:
-    h = blob.hex()
-    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-            for i in range(0, len(h), 32)]
+    """16-byte blocks in UUID form, the dashes put in with numpy (an f-string per key cost ~1 us)."""
+    n = len(blob) // 16
+    digits = np.frombuffer(blob.hex().encode(), dtype="S1").reshape(n, 32)
+    out = np.full((n, 36), b"-", dtype="S1")
+    for dst, src in (((0, 8), (0, 8)), ((9, 13), (8, 12)), ((14, 18), (12, 16)), ((19, 23), (16, 20)),
+                     ((24, 36), (20, 32))):
+        out[:, dst[0]:dst[1]] = digits[:, src[0]:src[1]]
+    text = out.tobytes().decode()
+    return [text[i:i + 36] for i in range(0, 36 * n, 36)]
 
 
 _PLAIN = np.dtype([("batch", ">u8"), ("index", ">u4"), ("zero", ">u4")])  # the layout of _BLOCK
