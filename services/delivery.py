@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -29,6 +30,7 @@ from . import keyids, registry, saes
 from .models import KeyDelivery, QkdNode, Sae
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
+logger = logging.getLogger(__name__)
 METER = "qkd_key_bits"
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_LIST_RE = re.compile(rf"(?:{UUID_RE.pattern},)*{UUID_RE.pattern}")  # comma-separated: one regex call a batch
@@ -128,7 +130,9 @@ def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additio
 def _backend_error(exc: Exception, node: QkdNode) -> Exception:
     if isinstance(exc, KmeRejected):
         return BadRequest(f"the KME of {node.node_id} rejected the request: {exc.message}")
-    return ServiceUnavailable(f"the KME of {node.node_id} cannot deliver keys now: {exc.message}")
+    # The KME's own words stay in the log: they may name its key IDs or the portal's backend SAEs.
+    logger.warning("the KME of %s cannot deliver keys: %s", node.node_id, exc.message)
+    return ServiceUnavailable(f"the KME of {node.node_id} cannot deliver keys now; nothing was charged")
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,8 @@ def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, ref
 
     A malformed key ID from the KME (it goes into the database) fails before anything is recorded: the keys
     are then neither handed out nor charged."""
-    key_ids = sorted([k.key_id for d in deliveries for k in d.keys])
+    # Lower case: the packed IDs come back lower case, and dec_keys matches the KME's answer against them.
+    key_ids = sorted([k.key_id.lower() for d in deliveries for k in d.keys])
     joined = ",".join(key_ids)
     # Every ID a UUID: the joined list matches and is exactly as long as len(key_ids) UUIDs and their commas.
     if key_ids and (len(key_ids) != len(set(key_ids)) or len(joined) != 37 * len(key_ids) - 1
@@ -346,7 +351,7 @@ def insert_key_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int)
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     rows = []
     for d in deliveries:
-        packed = keyids.pack_backend_ids(",".join([k.key_id for k in d.keys]))
+        packed = keyids.pack_backend_ids(",".join([k.key_id for k in d.keys]))  # fromhex takes either case
         hops = d.keys[0].hops if d.keys else 0  # a request's keys travel one route
         backend_slaves = d.backend_slaves or [backend_pair(d.master, slave).slave_sae for slave in d.slaves]
         for slave, backend_slave in zip(d.slaves, backend_slaves, strict=True):
@@ -406,12 +411,13 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
     tenant = slave.tenant
     master = tenant_sae(tenant, master_name, "master")
     opened = keyids.open_ids(key_ids)
-    rows = {batch: (pk, bytes(packed), count, backend_slave) for batch, pk, packed, count, backend_slave in
-            KeyDelivery.objects.for_tenant(tenant).filter(
+    rows = {batch: (pk, bytes(packed), count, backend_slave, done) for batch, pk, packed, count, backend_slave, done
+            in KeyDelivery.objects.for_tenant(tenant).filter(
                 batch__in={o[0] for o in opened if o}, slave=slave, master=master).values_list(
-                "batch", "pk", "backend_key_ids", "key_count", "backend_slave_sae")}
+                "batch", "pk", "backend_key_ids", "key_count", "backend_slave_sae", "fetched_keys")}
+    # All the row's keys fetched already: refused here too, whatever the KME would say (it should refuse).
     unknown = [k for k, o in zip(key_ids, opened, strict=True) if o is None or o[0] not in rows
-               or o[1] >= rows[o[0]][2]]
+               or o[1] >= rows[o[0]][2] or rows[o[0]][4] >= rows[o[0]][2]]
     if unknown:
         raise _not_found(unknown)
     pair = backend_pair(master, slave)
@@ -420,7 +426,7 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
     backend_ids = []
     per_row: dict[int, int] = {}
     for batch, index in opened:
-        pk, packed, _count, backend_slave = rows[batch]
+        pk, packed, _count, backend_slave, _done = rows[batch]
         backend_ids.append(keyids.backend_id(packed, index))
         by_backend.setdefault(backend_slave or pair.slave_sae, []).append(backend_ids[-1])
         per_row[pk] = per_row.get(pk, 0) + 1
@@ -429,12 +435,17 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
 
 def fetched(fetch: KeyFetch, keys: list[DeliveredKey]) -> dict[str, Any]:
     """The key container for what the slave's KME returned for ``fetch`` (marked fetched on its rows)."""
-    by_id = {k.key_id: k for k in keys}
+    by_id = {k.key_id.lower(): k for k in keys}
     ordered = [by_id[b] for b in fetch.backend_ids if b in by_id]
     if len(ordered) != len(fetch.key_ids):
         raise ServiceUnavailable(f"the KME of {fetch.slave.node.node_id} returned other keys than the ones asked for")
-    for pk, n in fetch.rows.items():
-        KeyDelivery.objects.for_tenant(fetch.slave.tenant).filter(pk=pk).update(fetched_keys=F("fetched_keys") + n)
+    try:
+        for pk, n in fetch.rows.items():
+            KeyDelivery.objects.for_tenant(fetch.slave.tenant).filter(pk=pk).update(
+                fetched_keys=F("fetched_keys") + n)
+    except DatabaseError:
+        # The KME has handed the keys over (and forgotten them): a failed count must not lose them.
+        logger.exception("could not count %d fetched keys on their delivery rows", len(ordered))
     return {"keys": key_container(ordered, fetch.key_ids)}
 
 

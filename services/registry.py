@@ -7,6 +7,7 @@ With no configuration the embedded twin's nodes are registered automatically fro
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -20,9 +21,12 @@ from portal.errors import BadRequest, ServiceUnavailable
 from .models import QkdNode
 from .sdqkd.client import KmeClient, KmeEndpoint, KmeRejected, KmeUnavailable
 
+logger = logging.getLogger(__name__)
 STATUS_TTL_S = 60.0
+STATUS_RETRY_S = 5.0
 _clients: dict[tuple, KmeClient] = {}
 _status_cache: dict[tuple, tuple[float, dict]] = {}
+_status_failures: dict[tuple, float] = {}
 _lock = threading.Lock()
 _twin_mtime: float | None = None
 
@@ -106,21 +110,37 @@ def link_status(master_node: QkdNode, master_sae: str, slave_sae: str, *, fresh:
     """The KME's status for a backend SAE pair (limits and stored keys), cached for a minute.
 
     ``fresh`` asks the KME now (and refreshes this pair's entry only: clearing the whole cache made every
-    other pair's next key request pay a status round trip too)."""
-    key = (master_node.pk, master_sae, slave_sae)
+    other pair's next key request pay a status round trip too). When a refresh fails, the limits last read
+    are used (they are the KME's rules, which do not change with its health; the key call itself then fails
+    if the KME is down), and for ``STATUS_RETRY_S`` no request asks again: a hung KME holds up one request per
+    pair every few seconds, not every request (the key gateway's database threads among them)."""
+    key = (master_node.pk, master_node.kme_url, master_sae, slave_sae)
     hit = _status_cache.get(key)
-    if hit and not fresh and time.monotonic() - hit[0] < STATUS_TTL_S:
+    now = time.monotonic()
+    if hit and not fresh and now - hit[0] < STATUS_TTL_S:
         return hit[1]
+    failed_at = _status_failures.get(key)
+    recently_failed = not fresh and failed_at is not None and now - failed_at < STATUS_RETRY_S
     try:
+        if recently_failed:
+            raise KmeUnavailable("it failed moments ago")
         status = client_for(master_node).status(slave_sae, acting_as=master_sae)
     except KmeUnavailable as exc:
+        if not recently_failed:
+            _status_failures[key] = now
+        if hit and not fresh:
+            logger.warning("the KME of %s did not answer status (%s): using its limits read %.0f s ago",
+                           master_node.node_id, exc.message, now - hit[0])
+            return hit[1]
         raise ServiceUnavailable(f"the KME of {master_node.node_id} is unavailable: {exc.message}") from None
     except KmeRejected as exc:
         raise ServiceUnavailable(
             f"the KME of {master_node.node_id} refused the status request: {exc.message}") from None
-    _status_cache[key] = (time.monotonic(), status)
+    _status_failures.pop(key, None)
+    _status_cache[key] = (now, status)
     return status
 
 
 def forget_status_cache() -> None:
     _status_cache.clear()
+    _status_failures.clear()

@@ -228,7 +228,9 @@ _LEDGER_FIELDS = ("tenant", "meter", "kind", "quantity", "unit", "reference", "i
 _LEDGER_INSERT = (
     f"INSERT INTO {_qn(UsageRecord._meta.db_table)} "  # noqa: S608 - names from the model
     f"({', '.join(_qn(UsageRecord._meta.get_field(f).column) for f in _LEDGER_FIELDS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_LEDGER_FIELDS))}) ON CONFLICT DO NOTHING RETURNING "
+    f"VALUES ({', '.join(['%s'] * len(_LEDGER_FIELDS))}) "
+    f"ON CONFLICT ({', '.join(_qn(UsageRecord._meta.get_field(f).column) for f in ('tenant', 'idempotency_key'))}) "
+    "DO NOTHING RETURNING "
     f"{_qn(UsageRecord._meta.pk.column)}")
 
 
@@ -256,23 +258,29 @@ def _consume_pipelined(tenant: Tenant, meter: str, amount: int, idempotency_key:
                          unit=spec.unit, reference=reference[:200], idempotency_key=idempotency_key, created_at=now)
     try:
         with transaction.atomic():
-            connection.ensure_connection()
-            raw = connection.connection
-            with raw.pipeline():
-                updates = []
-                for window, key in zip(spec.windows, keys, strict=True):
-                    updates.append(raw.cursor())
-                    updates[-1].execute(*_add_statement(tenant, key, window_bounds(window, now)[0], amount,
-                                                        limits[key]))
-                ledger = raw.cursor()
-                ledger.execute(_LEDGER_INSERT, [tenant.pk, meter, record.kind, amount, spec.unit, record.reference,
-                                                idempotency_key, connection.ops.adapt_datetimefield_value(now)])
-                if then is not None:
-                    then(record)
-            inserted = ledger.fetchone()
+            try:
+                connection.ensure_connection()
+                raw = connection.connection
+                with raw.pipeline():
+                    updates = []
+                    for window, key in zip(spec.windows, keys, strict=True):
+                        updates.append(raw.cursor())
+                        updates[-1].execute(*_add_statement(tenant, key, window_bounds(window, now)[0], amount,
+                                                            limits[key]))
+                    ledger = raw.cursor()
+                    ledger.execute(_LEDGER_INSERT, [tenant.pk, meter, record.kind, amount, spec.unit,
+                                                    record.reference, idempotency_key,
+                                                    connection.ops.adapt_datetimefield_value(now)])
+                    if then is not None:
+                        then(record)
+                inserted = ledger.fetchone()
+            except (psycopg.Error, DatabaseError) as exc:
+                raise _NotTheCommonCase from exc
             if inserted is None or any(u.rowcount != 1 for u in updates):
                 raise _NotTheCommonCase
-    except (_NotTheCommonCase, psycopg.Error, DatabaseError):
+        # An error of the COMMIT itself is not caught: it may have committed, and the general path would then
+        # call it a replay ("nothing charged") while it was charged.
+    except _NotTheCommonCase:
         return None
     record.pk = inserted[0]
     record._state.adding = False

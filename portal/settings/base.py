@@ -102,10 +102,12 @@ if _db["ENGINE"].endswith("postgresql"):
     _db["HOST"] = unquote(_db.get("HOST", ""))  # allow a socket directory: postgres://u@%2Ftmp%2Fpg/db
     _db["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     _db["CONN_HEALTH_CHECKS"] = True
-    # Server-side parameters: psycopg prepares a statement the fifth time it runs on a connection, so the hot
-    # key-delivery queries skip PostgreSQL's planner (0.4 of a 0.7 ms look-up on the benchmark machine). Off
-    # behind a transaction-mode pooler such as PgBouncer < 1.21, which cannot keep prepared statements.
-    _db.setdefault("OPTIONS", {})["server_side_binding"] = env.bool("DATABASE_SERVER_SIDE_BINDING", default=True)
+    # Server-side parameters and prepared statements: psycopg prepares a statement the fifth time it runs on a
+    # connection, so the hot key-delivery queries skip PostgreSQL's planner (0.4 of a 0.7 ms look-up on the
+    # benchmark machine). Off behind a transaction-mode pooler such as PgBouncer < 1.21, which cannot keep
+    # prepared statements.
+    if env.bool("DATABASE_SERVER_SIDE_BINDING", default=True):
+        _db.setdefault("OPTIONS", {}).update({"server_side_binding": True, "prepare_threshold": 5})
 elif _db["ENGINE"].endswith("sqlite3"):
     # IMMEDIATE write transactions serialise writers, which is what keeps quota checks exact on SQLite.
     _db.setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})

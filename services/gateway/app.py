@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import orjson
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from django.db import DatabaseError, connections
 
 from portal.errors import BadRequest, ServiceUnavailable, describe
@@ -39,6 +39,13 @@ T = TypeVar("T")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 SECRET_HEADERS = {SERIAL_HEADER.lower(), SECRET_HEADER.lower()}
+FORWARD_SET = {"x-forwarded-proto", "x-forwarded-for"}  # set by the gateway, never the client's
+
+
+def _forwardable(name: str) -> bool:
+    """Not hop-by-hop, and not a spelling of the vouching headers (servers may read ``_`` as ``-``)."""
+    lowered = name.lower()
+    return lowered not in HOP_BY_HOP and lowered.replace("_", "-") not in SECRET_HEADERS
 
 
 class Gateway:
@@ -46,14 +53,18 @@ class Gateway:
 
     def __init__(self, threads: int = 8, upstream: str | None = None) -> None:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-db")
+        # ETSI status asks the KME (sync client) from its job: its own threads, so a slow KME cannot take the
+        # database pool that every other request needs.
+        self.status_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gateway-status")
         self.upstream = upstream.rstrip("/") if upstream else None
         self.kmes: dict[tuple, AsyncKmeClient] = {}
         self.proxy_session: ClientSession | None = None
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None,
+                  **kwargs: Any) -> T:
         """``fn`` in the database pool (Django connections are per thread, and stay open between jobs)."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(_job, fn, *args,
-                                                                                             **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(pool or self.pool,
+                                                                 functools.partial(_job, fn, *args, **kwargs))
 
     def kme(self, node) -> AsyncKmeClient:
         key, endpoint = registry.endpoint_for(node)
@@ -68,6 +79,7 @@ class Gateway:
         if self.proxy_session is not None:
             await self.proxy_session.close()
         self.pool.shutdown(wait=False)
+        self.status_pool.shutdown(wait=False)
 
 
 def _job(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -135,6 +147,8 @@ def etsi_view(scope: str):
             state = {"headers": {}}
             try:
                 return await handler(request, request.app["gateway"], scope, state)
+            except web.HTTPException as exc:  # aiohttp's own refusals (a body over the size limit: 413)
+                return _json({"message": exc.reason}, state["headers"], exc.status)
             except Exception as exc:  # describe() re-raises what is not the portal's error
                 try:
                     return etsi_error(exc, state["headers"])
@@ -152,7 +166,8 @@ def _status(credentials: tuple, scope: str, slave: str) -> tuple[dict, dict]:
 
 @etsi_view("keys:read")
 async def status_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
-    body, state["headers"] = await gateway.run(_status, _credentials(request), scope, request.match_info["sae"])
+    body, state["headers"] = await gateway.run(_status, _credentials(request), scope, request.match_info["sae"],
+                                               pool=gateway.status_pool)
     return _json(body, state["headers"])
 
 
@@ -217,23 +232,25 @@ async def forward(request: web.Request) -> web.StreamResponse:
                                               timeout=ClientTimeout(total=None, sock_connect=10),
                                               auto_decompress=False)
     serial, _auth, _sae = _credentials(request)
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | SECRET_HEADERS}
-    headers.update({"X-Forwarded-Proto": "https", "X-Forwarded-For": request.remote or "",
-                    "Host": request.host})
+    # Repeated headers stay repeated (a list of pairs, not a dict); the vouching headers are the gateway's own.
+    headers = [(k, v) for k, v in request.headers.items() if _forwardable(k) and k.lower() not in FORWARD_SET]
+    headers += [("X-Forwarded-Proto", "https"), ("X-Forwarded-For", request.remote or ""), ("Host", request.host)]
     if serial:
-        headers.update({SERIAL_HEADER: serial, SECRET_HEADER: gateway_secret()})
+        headers += [(SERIAL_HEADER, serial), (SECRET_HEADER, gateway_secret())]
     try:
         async with gateway.proxy_session.request(request.method, gateway.upstream + request.rel_url.raw_path_qs,
                                                  headers=headers, data=await request.read(),
                                                  allow_redirects=False) as upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers={
-                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP})
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():  # every Set-Cookie, not the last one
+                if k.lower() not in HOP_BY_HOP:
+                    response.headers.add(k, v)
             await response.prepare(request)
             async for chunk in upstream.content.iter_chunked(1 << 16):
                 await response.write(chunk)
             await response.write_eof()
             return response
-    except OSError as exc:
+    except (OSError, ClientError) as exc:
         logger.warning("the web listener %s is unreachable: %s", gateway.upstream, type(exc).__name__)
         return _json({"error": {"code": "service_unavailable", "message": "the portal's web listener is "
                                 "unavailable"}}, {}, 503)

@@ -19,6 +19,7 @@ from urllib3.util.retry import Retry
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 15.0
+STATUS_READ_TIMEOUT_S = 5.0  # a status is a read from memory: a KME that takes longer is in trouble
 
 
 class KmeUnavailable(Exception):
@@ -89,11 +90,12 @@ class KmeClient:
             return {"X-SAE-ID": acting_as or self.endpoint.backend_sae_id}
         return {}
 
-    def _call(self, method: str, path: str, acting_as: str | None = None, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, acting_as: str | None = None, read_timeout: float = READ_TIMEOUT_S,
+              **kwargs: Any) -> Any:
         url = self.endpoint.base_url.rstrip("/") + path
         try:
             response = self.session.request(method, url, headers=self._headers(acting_as),
-                                            timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
+                                            timeout=(CONNECT_TIMEOUT_S, read_timeout), **kwargs)
         except requests.Timeout as exc:
             raise KmeUnavailable(f"the KME did not answer in time ({type(exc).__name__})") from None
         except requests.RequestException as exc:
@@ -107,7 +109,8 @@ class KmeClient:
 
     # --- ETSI GS QKD 014 ----------------------------------------------------------------------------------------
     def status(self, slave_sae_id: str, *, acting_as: str | None = None) -> dict[str, Any]:
-        return _normalise_status(self._call("GET", f"/api/v1/keys/{slave_sae_id}/status", acting_as))
+        return _normalise_status(self._call("GET", f"/api/v1/keys/{slave_sae_id}/status", acting_as,
+                                            read_timeout=STATUS_READ_TIMEOUT_S))
 
     def enc_keys(self, slave_sae_id: str, *, number: int, size: int, additional_slave_sae_ids: list[str] | None = None,
                  acting_as: str | None = None) -> list[DeliveredKey]:

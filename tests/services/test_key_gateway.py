@@ -3,8 +3,10 @@ asyncio path, against the real processes as `make run` starts them (PostgreSQL: 
 
 from __future__ import annotations
 
+import pytest
 import requests
 
+from portal.errors import ServiceUnavailable
 from services import keyids, registry
 from services.models import KeyDelivery, QkdNode
 from tenants.models import UsageRecord
@@ -97,3 +99,72 @@ def test_the_key_request_rate_limit_answers_429_with_retry_after(transactional_d
         assert [r.status_code for r in statuses] == [200, 200, 429]
         assert int(statuses[2].headers["Retry-After"]) > 0 and "too many requests" in statuses[2].json()["message"]
         assert statuses[1].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_the_forwarder_keeps_repeated_headers_and_drops_the_clients_vouching_headers():
+    """In-process, against a stand-in web listener: every Set-Cookie comes back, a client's own X-Gateway-*
+    headers (in any spelling) and X-Forwarded-* never reach Django, and an oversized ETSI body is a 413."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.gateway.app import Gateway, build_app
+
+    seen: dict = {}
+
+    async def upstream(request: web.Request) -> web.Response:
+        seen.update(headers=list(request.headers.items()), body=await request.read())
+        response = web.Response(text="ok")
+        response.headers.add("Set-Cookie", "sessionid=a; Path=/")
+        response.headers.add("Set-Cookie", "csrftoken=b; Path=/")
+        return response
+
+    async def scenario() -> None:
+        web_app = web.Application()
+        web_app.router.add_route("*", "/{tail:.*}", upstream)
+        async with TestServer(web_app) as web_server:
+            gateway_app = build_app(Gateway(threads=1, upstream=str(web_server.make_url(""))))
+            async with TestClient(TestServer(gateway_app)) as client:
+                response = await client.post("/accounts/login/", data=b"x=1", headers=[
+                    ("X-Gateway-Client-Serial", "abc"), ("x-gateway-secret", "guess"), ("X_Gateway_Secret", "g"),
+                    ("X-Forwarded-For", "6.6.6.6"), ("Accept", "text/html"), ("Accept", "application/json")])
+                assert response.status == 200
+                assert response.headers.getall("Set-Cookie") == ["sessionid=a; Path=/", "csrftoken=b; Path=/"]
+                too_big = await client.post("/api/v1/keys/x/enc_keys", data=b"{" + b" " * (5 << 20) + b"}")
+                assert too_big.status == 413 and set(await too_big.json()) == {"message"}
+
+    asyncio.run(scenario())
+    names = [k.lower() for k, _ in seen["headers"]]
+    assert not {"x-gateway-client-serial", "x-gateway-secret", "x_gateway_secret"} & set(names)
+    assert names.count("accept") == 2
+    assert {k.lower(): v for k, v in seen["headers"]}["x-forwarded-for"] != "6.6.6.6"
+    assert seen["body"] == b"x=1"
+
+
+def test_kme_limits_survive_a_failed_refresh_and_a_dead_kme_is_not_asked_again_at_once(monkeypatch):
+    from services.sdqkd.client import KmeUnavailable
+
+    node = QkdNode(pk=999, node_id="X", kme_url="https://127.0.0.1:1", backend_sae_ids=["a", "b"])
+    calls = []
+
+    class Kme:
+        def status(self, slave, acting_as=None):
+            calls.append(slave)
+            if len(calls) > 1:
+                raise KmeUnavailable("down")
+            return {"max_key_per_request": 7}
+
+    monkeypatch.setattr(registry, "client_for", lambda _node: Kme())
+    registry.forget_status_cache()
+    try:
+        assert registry.link_status(node, "a", "b")["max_key_per_request"] == 7
+        monkeypatch.setattr(registry, "STATUS_TTL_S", 0.0)  # every entry stale from now on
+        assert registry.link_status(node, "a", "b")["max_key_per_request"] == 7  # refresh failed: the last limits
+        assert registry.link_status(node, "a", "b")["max_key_per_request"] == 7
+        assert len(calls) == 2  # the third look-up did not ask the KME that failed moments ago
+        other = QkdNode(pk=998, node_id="Y", kme_url="https://127.0.0.1:1", backend_sae_ids=["c"])
+        with pytest.raises(ServiceUnavailable):  # no limits on record and the KME is down
+            registry.link_status(other, "c", "d")
+    finally:
+        registry.forget_status_cache()

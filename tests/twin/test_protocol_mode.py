@@ -226,8 +226,10 @@ def test_cv_excess_noise_lowers_the_key_as_gg02_predicts(lab):
     lab.admin(link, "attack", attack)
     try:
         k_noisy = wait_for("6 CV blocks with excess noise", lambda: mean_k(attack))
-        last = blocks_under(lab, link, attack)[-1]
-        assert last["excess_noise_snu"] == pytest.approx(xi0 + 0.05, abs=0.02)  # the estimate sees Eve's noise
+        # the estimate sees Eve's noise: the mean of the same 6 blocks (one block's estimate alone is too noisy
+        # for this tolerance; it once read 0.038 for 0.060)
+        seen = [b["excess_noise_snu"] for b in blocks_under(lab, link, attack)[-6:]]
+        assert sum(seen) / len(seen) == pytest.approx(xi0 + 0.05, abs=0.02)
     finally:
         lab.admin(link, "clear-attack")
     model = {xi: performance(params(link).with_changes(excess_noise=xi)).details["K"] for xi in (xi0, xi0 + 0.05)}
