@@ -10,6 +10,7 @@ from portal.errors import ServiceUnavailable
 from services import keyids, registry
 from services.models import KeyDelivery, QkdNode
 from tenants.models import UsageRecord
+from tenants.services import set_quota_overrides
 from tests.services import listener
 from tests.services.test_mtls import write_bundle
 
@@ -73,6 +74,12 @@ def test_errors_tokens_and_a_kme_failure_through_the_gateway(https_and_web, make
     again = slave.get(f"{url}/upm-cait/dec_keys", params={"key_ID": keys[0]["key_ID"]}, timeout=10)
     assert "not found" in etsi_error(again, 400)
     assert again.json()["details"] == [{"key_IDs": [keys[0]["key_ID"]]}]
+
+    # over the quota: 429 in the ETSI format with the quota's RateLimit headers, nothing taken or charged
+    set_quota_overrides(lab.tenant, {"qkd_key_bits.day": 3 * 256 + 100, "qkd_key_bits.month": -1})
+    refused = master.post(f"{url}/upm-rect/enc_keys", json={"number": 2}, timeout=10)
+    assert "quota qkd_key_bits.day exceeded" in etsi_error(refused, 429)
+    assert '"qkd_key_bits.day";r=356' in refused.headers["RateLimit"] and charged(lab.tenant) == (1, 2)
 
     # the master's KME goes away: 503 from the asyncio path, nothing charged, and back when it is back
     node = QkdNode.objects.get(node_id="CAIT")
