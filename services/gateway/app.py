@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -70,6 +72,9 @@ class Gateway:
         key, endpoint = registry.endpoint_for(node)
         client = self.kmes.get(key)
         if client is None:
+            # The node's endpoint changed (or is new): the client for its old endpoint goes.
+            for old in [k for k in self.kmes if k[0] == key[0]]:
+                asyncio.get_running_loop().create_task(self.kmes.pop(old).close())
             client = self.kmes[key] = AsyncKmeClient(endpoint)
         return client
 
@@ -82,7 +87,20 @@ class Gateway:
         self.status_pool.shutdown(wait=False)
 
 
+_RECYCLE_CHECK_S = 30.0
+_checked = threading.local()
+
+
 def _job(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    # What Django does at each request's start and end, here every half minute per thread: a connection older
+    # than DB_CONN_MAX_AGE (or left unusable) is closed, and the next query opens a new one.
+    now = time.monotonic()
+    if now - getattr(_checked, "at", now) >= _RECYCLE_CHECK_S:
+        for conn in connections.all(initialized_only=True):
+            conn.close_if_unusable_or_obsolete()
+        _checked.at = now
+    elif not hasattr(_checked, "at"):
+        _checked.at = now
     try:
         return fn(*args, **kwargs)
     except DatabaseError:
