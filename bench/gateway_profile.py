@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import tempfile
@@ -49,11 +50,11 @@ def gateway_request(der: bytes, body: dict):
     from services.gateway.app import Gateway, _json, _order
 
     gateway, loop = Gateway(), asyncio.new_event_loop()
-    credentials = (pki.serial_of(der), None, None)
+    credentials, raw = (pki.serial_of(der), None, None), json.dumps(body).encode()
 
     def one() -> float:
         t0 = time.perf_counter()
-        order, headers = _order(credentials, "keys:write", "prof-b", dict(body))
+        order, headers = _order(credentials, "keys:write", "prof-b", {}, raw)
         async def take_keys():  # the client is made (once) on the loop, as in the gateway
             return await gateway.kme(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
 

@@ -127,7 +127,7 @@ def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additio
     return number, size, [str(x) for x in additional]
 
 
-def _backend_error(exc: Exception, node: QkdNode) -> Exception:
+def backend_error(exc: Exception, node: QkdNode) -> Exception:
     if isinstance(exc, KmeRejected):
         return BadRequest(f"the KME of {node.node_id} rejected the request: {exc.message}")
     # The KME's own words stay in the log: they may name its key IDs or the portal's backend SAEs.
@@ -189,7 +189,7 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
     try:
         keys = registry.client_for(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
     except (KmeRejected, KmeUnavailable) as exc:
-        raise _backend_error(exc, order.pair.master_node) from None
+        raise backend_error(exc, order.pair.master_node) from None
     return deliver(order, keys)
 
 
@@ -328,7 +328,7 @@ def per_hop_keys(tenant: Tenant, src: Sae, dst: Sae, size: Any,
             keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
                                                                   acting_as=pair.master_sae)
         except (KmeRejected, KmeUnavailable) as exc:
-            raise _backend_error(exc, pair.master_node) from None
+            raise backend_error(exc, pair.master_node) from None
         taken.append(Delivery(master, [slave], keys))
     record_deliveries(tenant, taken, size, reference=f"simple-per-hop:{src.name}->{dst.name}", limits=limits)
     return {
@@ -404,7 +404,7 @@ class KeyFetch:
             # Most likely fetched before (the KME hands a key to its slave once). The KME's message names its
             # own key IDs, which stay in the portal.
             return _not_found(self.key_ids)
-        return _backend_error(exc, self.slave.node)
+        return backend_error(exc, self.slave.node)
 
 
 def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:

@@ -94,12 +94,11 @@ _checked = threading.local()
 def _job(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     # What Django does at each request's start and end, here every half minute per thread: a connection older
     # than DB_CONN_MAX_AGE (or left unusable) is closed, and the next query opens a new one.
-    now = time.monotonic()
-    if now - getattr(_checked, "at", now) >= _RECYCLE_CHECK_S:
+    now, last = time.monotonic(), getattr(_checked, "at", None)
+    if last is not None and now - last >= _RECYCLE_CHECK_S:
         for conn in connections.all(initialized_only=True):
             conn.close_if_unusable_or_obsolete()
-        _checked.at = now
-    elif not hasattr(_checked, "at"):
+    if last is None or now - last >= _RECYCLE_CHECK_S:
         _checked.at = now
     try:
         return fn(*args, **kwargs)
@@ -108,7 +107,8 @@ def _job(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         for conn in connections.all(initialized_only=True):
             conn.close()
         logger.exception("database error in the key gateway")
-        raise ServiceUnavailable("the portal's database is unavailable; nothing was charged") from None
+        # Not "nothing was charged": a COMMIT that failed on the way back may have committed.
+        raise ServiceUnavailable("the portal's database is unavailable") from None
 
 
 # --- ETSI 014 ----------------------------------------------------------------------------------------------
@@ -142,10 +142,8 @@ def etsi_error(exc: Exception, headers: dict[str, str] | None = None) -> web.Res
     return _json(body, {**(headers or {}), **extra}, status)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if request.method == "GET" or not request.can_read_body:
-        return {}
-    raw = await request.read()
+def _body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a POST (parsed in the job, after authentication: no credentials is a 401 first)."""
     if not raw.strip():
         return {}
     try:
@@ -189,46 +187,49 @@ async def status_view(request: web.Request, gateway: Gateway, scope: str, state:
     return _json(body, state["headers"])
 
 
-def _order(credentials: tuple, scope: str, slave: str, params: dict[str, Any]):
+def _order(credentials: tuple, scope: str, slave: str, query: dict[str, str], raw: bytes | None):
     master, headers = _caller(credentials, scope)
+    if raw is None:  # GET
+        params = {"number": query.get("number"), "size": query.get("size")}
+    else:
+        b = _body(raw)
+        params = {"number": b.get("number"), "size": b.get("size"),
+                  "additional_slave_sae_ids": b.get("additional_slave_SAE_IDs"),
+                  "extension_mandatory": b.get("extension_mandatory")}
     return delivery.order_keys(master, slave, **params), headers
+
+
+async def _raw_body(request: web.Request) -> bytes | None:
+    return None if request.method == "GET" else await request.read()
 
 
 @etsi_view("keys:write")
 async def enc_keys_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
-    if request.method == "GET":
-        params = {"number": request.query.get("number"), "size": request.query.get("size")}
-    else:
-        b = await _body(request)
-        params = {"number": b.get("number"), "size": b.get("size"),
-                  "additional_slave_sae_ids": b.get("additional_slave_SAE_IDs"),
-                  "extension_mandatory": b.get("extension_mandatory")}
     order, state["headers"] = await gateway.run(_order, _credentials(request), scope, request.match_info["sae"],
-                                                params)
+                                                dict(request.query), await _raw_body(request))
     node = order.pair.master_node
     try:
         keys = await gateway.kme(node).enc_keys(order.pair.slave_sae, **order.ask())
     except (KmeRejected, KmeUnavailable) as exc:
-        raise delivery._backend_error(exc, node) from None
+        raise delivery.backend_error(exc, node) from None
     return _json(await gateway.run(delivery.deliver, order, keys), state["headers"])
 
 
-def _fetch(credentials: tuple, scope: str, master: str, raw_ids: Any):
+def _fetch(credentials: tuple, scope: str, master: str, query: dict[str, str], raw: bytes | None):
     slave, headers = _caller(credentials, scope)
+    if raw is None:  # GET
+        if not query.get("key_ID"):
+            raise BadRequest("key_ID is required")
+        raw_ids: Any = [{"key_ID": query["key_ID"]}]
+    else:
+        raw_ids = _body(raw).get("key_IDs")
     return delivery.fetch_order(slave, master, delivery.parse_key_ids(raw_ids)), headers
 
 
 @etsi_view("keys:read")
 async def dec_keys_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
-    if request.method == "GET":
-        key_id = request.query.get("key_ID")
-        if not key_id:
-            raise BadRequest("key_ID is required")
-        raw_ids: Any = [{"key_ID": key_id}]
-    else:
-        raw_ids = (await _body(request)).get("key_IDs")
     fetch, state["headers"] = await gateway.run(_fetch, _credentials(request), scope, request.match_info["sae"],
-                                                raw_ids)
+                                                dict(request.query), await _raw_body(request))
     keys: list[DeliveredKey] = []
     try:
         for backend_slave, ids in fetch.by_backend.items():

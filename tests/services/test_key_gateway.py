@@ -51,6 +51,7 @@ def test_errors_tokens_and_a_kme_failure_through_the_gateway(https_and_web, make
     response = anonymous.post(f"{url}/upm-rect/enc_keys", json={"number": 1}, timeout=10)
     etsi_error(response, 401)
     assert "mTLS" in response.headers["WWW-Authenticate"]
+    etsi_error(anonymous.post(f"{url}/upm-rect/enc_keys", data=b"{nope", timeout=10), 401)  # who first, then what
     etsi_error(anonymous.get(f"{url}/upm-rect/status", headers={"Authorization": "Bearer qx_no.such"}, timeout=10),
                401)
     assert "X-SAE-ID" in etsi_error(anonymous.get(f"{url}/upm-rect/status", headers=token, timeout=10), 400)
