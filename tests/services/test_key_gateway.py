@@ -95,12 +95,25 @@ def test_errors_tokens_and_a_kme_failure_through_the_gateway(https_and_web, make
     assert charged(lab.tenant) == (2, 3)
 
 
+def forget_key_request_buckets() -> None:
+    """Buckets outlive a test run in a developer's Redis, and SAE ids repeat between runs."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter("qxaas:rl:keys:*"):
+            client.delete(key)
+
+
 def test_the_key_request_rate_limit_answers_429_with_retry_after(transactional_db, backend_twin, make_lab,
                                                                  tmp_path):
     registry.register_twin(backend_twin.endpoints)
     with listener.https_portal(tmp_path, KEY_DELIVERY_RATE_LIMIT_PER_SECOND="0.01",
                                KEY_DELIVERY_RATE_LIMIT_BURST="2") as (base, _web, _log):
         lab = make_lab("upm")
+        forget_key_request_buckets()
         (tmp_path / "ca.pem").write_text(lab.bundles["upm-cait"]["ca_chain"])
         master = session(str(tmp_path / "ca.pem"), write_bundle(tmp_path, "master", lab.bundles["upm-cait"]))
         statuses = [master.get(f"{base}/api/v1/keys/upm-rect/status", timeout=10) for _ in range(3)]
