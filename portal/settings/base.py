@@ -219,8 +219,12 @@ SPECTACULAR_SETTINGS = {
 # The embedded twin writes endpoints.json into its state directory; the portal registers its nodes from it.
 QKD_TWIN_STATE_DIR = env.str("QKD_TWIN_STATE_DIR", default=str(VAR_DIR / "twin"))
 QKD_AUTO_REGISTER_TWIN = env.bool("QKD_AUTO_REGISTER_TWIN", default=True)
-# The ETSI 014 HTTPS listener with client-certificate authentication (gunicorn, started by make run).
+# The HTTPS listener, the key gateway (services.gateway, started by make run): ETSI 014 with client certificates.
 ETSI_HTTPS_PORT = env.int("ETSI_HTTPS_PORT", default=8443)
+# Its server certificate and key (PEM files); unset: one issued by the portal CA for 127.0.0.1 and localhost.
+# Client certificates are always verified against the portal CA, which issues the SAEs' certificates.
+ETSI_TLS_CERT = env.str("ETSI_TLS_CERT", default="")
+ETSI_TLS_KEY = env.str("ETSI_TLS_KEY", default="")
 
 # --- QRNG entropy (docs/qrng.md) ---------------------------------------------------------------------
 # QRNG_SOURCES: the operator's sources as a JSON list; unset = the embedded twin's QRNG, labelled simulated.

@@ -33,9 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def tls_context() -> ssl.SSLContext:
+    from django.conf import settings
+
     from services import pki
 
-    cert, key = pki.server_certificate()
+    if settings.ETSI_TLS_CERT:  # the operator's own certificate (a public name); SAEs still use the portal CA
+        cert, key = settings.ETSI_TLS_CERT, settings.ETSI_TLS_KEY or settings.ETSI_TLS_CERT
+    else:
+        cert, key = pki.server_certificate()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.pki_dir() / "ca.crt"))
     context.load_cert_chain(cert, key)
     context.verify_mode = ssl.CERT_OPTIONAL  # the certificate is one of two credentials (the other: a token)

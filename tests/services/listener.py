@@ -41,8 +41,10 @@ def _wait(url: str, procs: list[subprocess.Popen], log: Path, verify: str | bool
 
 
 @contextmanager
-def https_portal(tmp_path: Path, log_level: str = "info", **extra_env: str) -> Iterator[tuple[str, str, Path]]:
-    """(gateway https URL, web listener http URL, the log both write). ``extra_env``: settings for both."""
+def https_portal(tmp_path: Path, log_level: str = "info", verify: str | None = None,
+                 **extra_env: str) -> Iterator[tuple[str, str, Path]]:
+    """(gateway https URL, web listener http URL, the log both write). ``extra_env``: settings for both;
+    ``verify``: the CA the gateway's certificate chains to (default the portal CA)."""
     if connection.vendor != "postgresql":
         pytest.skip("the listener shares the database with server processes: PostgreSQL")
     db = connection.settings_dict
@@ -61,7 +63,7 @@ def https_portal(tmp_path: Path, log_level: str = "info", **extra_env: str) -> I
     base = f"https://127.0.0.1:{port}"
     try:
         _wait(web + "/healthz", procs, log)
-        _wait(base + "/gateway/healthz", procs, log, verify=str(pki.pki_dir() / "ca.crt"))
+        _wait(base + "/gateway/healthz", procs, log, verify=verify or str(pki.pki_dir() / "ca.crt"))
         yield base, web, log
     finally:
         for proc in procs:

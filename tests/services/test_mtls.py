@@ -7,7 +7,9 @@ import json
 import subprocess
 from pathlib import Path
 
+from services import registry
 from services.models import Sae
+from tests.services import listener
 
 
 def write_bundle(tmp_path: Path, name: str, bundle: dict) -> tuple[str, str]:
@@ -111,3 +113,42 @@ def test_the_sae_certificate_works_on_paths_the_gateway_forwards_and_cannot_be_f
         code, _ = curl("-H", "Content-Type: application/json", "-H", f"X-Gateway-Client-Serial: {serial}",
                        "-H", f"X-Gateway-Secret: {secret}", "-d", body, f"{web}/api/etsi004/open_connect")
         assert code == 401
+
+
+def test_the_operator_can_give_the_gateway_its_own_server_certificate(transactional_db, backend_twin, make_lab,
+                                                                      tmp_path):
+    """ETSI_TLS_CERT/KEY: clients verify the operator's certificate; SAEs still authenticate with the portal's."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms.operator.example")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "operator.crt", tmp_path / "operator.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    registry.register_twin(backend_twin.endpoints)
+    with listener.https_portal(tmp_path, verify=str(cert_path), ETSI_TLS_CERT=str(cert_path),
+                               ETSI_TLS_KEY=str(key_path)) as (base, _web, _log):
+        lab = make_lab("upm")
+        sae_cert, sae_key = write_bundle(tmp_path, "master", lab.bundles["upm-cait"])
+        code, status = curl("--cacert", str(cert_path), "--cert", sae_cert, "--key", sae_key,
+                            f"{base}/api/v1/keys/upm-rect/status")
+        assert code == 200 and status["slave_SAE_ID"] == "upm-rect"
+        portal_ca = tmp_path / "portal-ca.pem"
+        portal_ca.write_text(lab.bundles["upm-cait"]["ca_chain"])
+        result = subprocess.run(["curl", "-sS", "--cacert", str(portal_ca), f"{base}/api/v1/keys/upm-rect/status"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode != 0  # the portal CA no longer vouches for the listener: the operator's does
