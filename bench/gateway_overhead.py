@@ -9,6 +9,9 @@ pairs:
   are the gateway's own capacity;
 - ``1-hop``: CAIT -> CCS over the cait-ccs link store (single-key latency only).
 
+The single-key and 256-bit-batch cases are also measured through ``bench/bare_proxy.py``, which makes the same
+KME call behind one more TLS hop and does none of the gateway's work: the floor under any gateway built this way.
+
 Cases: single 256-bit key, 1 client: p50/p99 latency ratio (goal <= 1.5x); batches of the largest allowed keys
 (max_key_per_request x max_key_size): key bits/s (goal >= 110 Mbit/s through the portal); batches of 256-bit
 keys: keys/s (goal >= 0.8x of direct).
@@ -38,8 +41,13 @@ PAIRS = {
 TENANTS = {"bench": [("bench-cait-a", "CAIT"), ("bench-cait-b", "CAIT"), ("bench-ccs", "CCS")]}
 
 
-def row(case: str, pair: str, clients: int, direct: LoadResult, portal: LoadResult) -> dict:
-    return {
+def row(case: str, pair: str, clients: int, direct: LoadResult, portal: LoadResult,
+        floor: LoadResult | None = None) -> dict:
+    bare = None if floor is None else {
+        "p50_ms": round(floor.p50_ms, 3), "p99_ms": round(floor.p99_ms, 3), "keys_per_s": round(floor.keys_per_s),
+        "errors": floor.errors, "ratio_p50": round(floor.p50_ms / direct.p50_ms, 2),
+        "ratio_throughput": round(floor.keys_per_s / direct.keys_per_s, 3) if direct.keys else None}
+    return {"bare_proxy": bare,
         "case": case, "pair": pair, "clients": clients,
         "direct": {"p50_ms": round(direct.p50_ms, 3), "p99_ms": round(direct.p99_ms, 3), "requests": direct.requests,
                    "errors": direct.errors, "keys_per_s": round(direct.keys_per_s), "mbit_per_s":
@@ -52,13 +60,19 @@ def row(case: str, pair: str, clients: int, direct: LoadResult, portal: LoadResu
     }
 
 
-async def compare(bench: Bench, pair: str, clients: int, seconds: float, body: dict) -> tuple[LoadResult, LoadResult]:
+async def compare(bench: Bench, pair: str, clients: int, seconds: float, body: dict,
+                  bare: bool = False) -> tuple[LoadResult, LoadResult, LoadResult | None]:
+    """Direct, through the portal, and (``bare``) through ``bench/bare_proxy.py``: one more hop, no work."""
     (master, slave), (backend_master, backend_slave) = PAIRS[pair]
     url, ctx = bench.direct(backend_master, backend_slave)
     direct = await run_load(url, ctx, clients, seconds, body)
     url, ctx = bench.through_portal(master, slave)
     portal = await run_load(url, ctx, clients, seconds, body)
-    return direct, portal
+    floor = None
+    if bare:
+        url, ctx = bench.bare_proxy(backend_master, backend_slave)
+        floor = await run_load(url, ctx, clients, seconds, body)
+    return direct, portal, floor
 
 
 async def measure(bench: Bench, seconds: float, batch_clients: int) -> list[dict]:
@@ -67,12 +81,12 @@ async def measure(bench: Bench, seconds: float, batch_clients: int) -> list[dict
     many_small = {"number": limits["max_key_per_request"], "size": 256}
     rows = []
     for pair in ("local", "1-hop"):
-        direct, portal = await compare(bench, pair, 1, seconds, {"number": 1, "size": 256})
-        rows.append(row("1 x 256 bit", pair, 1, direct, portal))
-    direct, portal = await compare(bench, "local", batch_clients, seconds, biggest)
+        direct, portal, floor = await compare(bench, pair, 1, seconds, {"number": 1, "size": 256}, bare=True)
+        rows.append(row("1 x 256 bit", pair, 1, direct, portal, floor))
+    direct, portal, floor = await compare(bench, "local", batch_clients, seconds, biggest)
     rows.append(row(f"{biggest['number']} x {biggest['size']} bit", "local", batch_clients, direct, portal))
-    direct, portal = await compare(bench, "local", batch_clients, seconds, many_small)
-    rows.append(row(f"{many_small['number']} x 256 bit", "local", batch_clients, direct, portal))
+    direct, portal, floor = await compare(bench, "local", batch_clients, seconds, many_small, bare=True)
+    rows.append(row(f"{many_small['number']} x 256 bit", "local", batch_clients, direct, portal, floor))
     return rows
 
 
@@ -107,6 +121,13 @@ def print_table(rows: list[dict]) -> None:
               f"{x['throughput'] if x['throughput'] is not None else '-':>6}"
               + (f"  ERRORS direct {d['errors']} portal {p['errors']}: {p['error_samples'][:1]}"
                  if d["errors"] or p["errors"] else ""))
+    print("floor: the same requests through bench/bare_proxy.py (one more hop, none of the gateway's work)")
+    for r in rows:
+        if r["bare_proxy"]:
+            b = r["bare_proxy"]
+            print(f"- {r['case']:<18} {r['pair']:<6} bare p50 {b['p50_ms']:.2f} ms p99 {b['p99_ms']:.2f} ms "
+                  f"{b['keys_per_s']:,} keys/s: p50 x{b['ratio_p50']} of direct, keys/s x{b['ratio_throughput']}"
+                  + (f" ERRORS {b['errors']}" if b["errors"] else ""))
 
 
 def main() -> int:
