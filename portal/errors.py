@@ -115,6 +115,16 @@ def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     raise exc
 
 
+def describe_etsi(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) in the ETSI GS QKD 014 error format ``{"message", "details": [...]}``."""
+    status_code, _code, message, details, headers = describe(exc)
+    body: dict[str, Any] = {"message": message}
+    if details is not None:
+        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
+                                                                     else {"detail": details}]
+    return status_code, body, headers
+
+
 def api_exception_handler(exc: Exception, context: dict):
     """DRF's EXCEPTION_HANDLER. (Imports are local: DRF loads this module while it is itself loading.)"""
     from rest_framework.response import Response

@@ -19,11 +19,11 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
+from rest_framework.exceptions import NotAuthenticated
 
 from portal.errors import BadRequest, Forbidden
-from tenants.tenancy import resolve_tenant
-from tenants.tokens import InvalidToken, verify_token
+from tenants.authentication import bearer_token
+from tenants.tenancy import TenantContext, resolve_tenant
 
 from . import pki
 from .models import Sae
@@ -99,27 +99,26 @@ def etsi_caller(certificate_serial: str | None, authorization: str | None, sae_n
     the SAE of a current certificate, else an API token with ``scope`` naming one of its tenant's SAEs in
     ``X-SAE-ID``; the tenant decided by ``resolve_tenant`` (a suspended one refused). Also returns the
     caller's rate-limit identity (the one ``TokenRateThrottle`` uses)."""
-    from .delivery import tenant_sae
-
     sae = sae_for_certificate_serial(certificate_serial) if certificate_serial else None
     if sae is not None:
         resolve_tenant(SimpleNamespace(user=SaePrincipal(sae), auth=sae))
         return sae, f"user:{SaePrincipal(sae).pk}"
-    parts = (authorization or "").split()
-    if not parts or parts[0].lower() != "bearer":
+    token = bearer_token(authorization)
+    if token is None:
         raise NotAuthenticated()
-    if len(parts) != 2:
-        raise AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
-    try:
-        token = verify_token(parts[1])
-    except InvalidToken:
-        raise AuthenticationFailed("Invalid, expired or revoked API token.") from None
     ctx = resolve_tenant(SimpleNamespace(user=token.user, auth=token))
+    return token_calling_sae(ctx, sae_name, scope), f"token:{token.key}"
+
+
+def token_calling_sae(ctx: TenantContext, sae_name: str | None, scope: str) -> Sae:
+    """The SAE an API token names in ``X-SAE-ID`` (one of its tenant's), if the token has ``scope``."""
+    from .delivery import tenant_sae
+
     if scope not in ctx.scopes:
         raise Forbidden(f"this needs the {scope!r} scope")
     if not sae_name:
         raise BadRequest("with an API token, name the calling SAE in the X-SAE-ID header")
-    return tenant_sae(ctx.tenant, sae_name, "calling"), f"token:{token.key}"
+    return tenant_sae(ctx.tenant, sae_name, "calling")
 
 
 try:  # documented in the OpenAPI schema as OpenAPI 3.1's mutualTLS security scheme

@@ -411,13 +411,16 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
     tenant = slave.tenant
     master = tenant_sae(tenant, master_name, "master")
     opened = keyids.open_ids(key_ids)
-    rows = {batch: (pk, bytes(packed), count, backend_slave, done) for batch, pk, packed, count, backend_slave, done
-            in KeyDelivery.objects.for_tenant(tenant).filter(
-                batch__in={o[0] for o in opened if o}, slave=slave, master=master).values_list(
-                "batch", "pk", "backend_key_ids", "key_count", "backend_slave_sae", "fetched_keys")}
-    # All the row's keys fetched already: refused here too, whatever the KME would say (it should refuse).
-    unknown = [k for k, o in zip(key_ids, opened, strict=True) if o is None or o[0] not in rows
-               or o[1] >= rows[o[0]][2] or rows[o[0]][4] >= rows[o[0]][2]]
+    rows = {row.batch: row for row in KeyDelivery.objects.for_tenant(tenant).filter(
+        batch__in={o[0] for o in opened if o}, slave=slave, master=master).values_list(
+        "batch", "pk", "backend_key_ids", "key_count", "backend_slave_sae", "fetched_keys", named=True)}
+
+    def found(o: tuple[int, int] | None) -> bool:
+        # A row of this pair whose keys are not all fetched yet (refused here too, whatever the KME would say).
+        row = rows.get(o[0]) if o else None
+        return row is not None and o[1] < row.key_count and row.fetched_keys < row.key_count
+
+    unknown = [k for k, o in zip(key_ids, opened, strict=True) if not found(o)]
     if unknown:
         raise _not_found(unknown)
     pair = backend_pair(master, slave)
@@ -426,10 +429,10 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
     backend_ids = []
     per_row: dict[int, int] = {}
     for batch, index in opened:
-        pk, packed, _count, backend_slave, _done = rows[batch]
-        backend_ids.append(keyids.backend_id(packed, index))
-        by_backend.setdefault(backend_slave or pair.slave_sae, []).append(backend_ids[-1])
-        per_row[pk] = per_row.get(pk, 0) + 1
+        row = rows[batch]
+        backend_ids.append(keyids.backend_id(row.backend_key_ids, index))
+        by_backend.setdefault(row.backend_slave_sae or pair.slave_sae, []).append(backend_ids[-1])
+        per_row[row.pk] = per_row.get(row.pk, 0) + 1
     return KeyFetch(slave, pair, key_ids, backend_ids, by_backend, per_row)
 
 

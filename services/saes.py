@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import ProtectedError
@@ -80,57 +81,42 @@ def delete_sae(sae: Sae) -> None:
 # The two look-ups of every key request, in plain SQL with the rows made into model instances (``from_db``):
 # the ORM's query building cost more CPU than the database spent answering (ms per request on the benchmark
 # machine). The column lists come from the models, so a new field is picked up here too.
-def _columns(model, alias: str) -> tuple[list, str]:
-    fields = list(model._meta.concrete_fields)
-    return fields, ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in fields)
-
-
-def _converters(model, fields: list) -> list[tuple]:
-    """Per field: the converters the ORM applies to its column (JSON, SQLite's datetimes), and the column."""
-    key = (model, connection.vendor)
-    if key not in _CONVERTERS:
-        out = []
-        for field in fields:
-            col = field.get_col(model._meta.db_table)
-            out.append((connection.ops.get_db_converters(col) + field.get_db_converters(connection), col))
-        _CONVERTERS[key] = out
-    return _CONVERTERS[key]
-
-
-_CONVERTERS: dict[tuple, list[tuple]] = {}
-
-
-def _instance(model, fields: list, values: tuple):
-    """``model`` from a row, through the same converters the ORM applies."""
-    converted = list(values)
-    for i, (converters, col) in enumerate(_converters(model, fields)):
-        for convert in converters:
-            converted[i] = convert(converted[i], col, connection)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
-
-
-def _sae_query(where: str, with_tenant: bool) -> tuple[str, list, list, list]:
+@cache
+def _sae_query(where: str, with_tenant: bool, vendor: str) -> tuple[str, list[tuple]]:
+    """The SQL of a look-up, built once per process, and per model joined: (model, fields, converters), the
+    converters being what the ORM applies to each column (JSON, SQLite's datetimes)."""
     qn = connection.ops.quote_name
-    sae_names, sae_cols = _columns(Sae, "s")
-    node_names, node_cols = _columns(QkdNode, "n")
-    tenant_names, tenant_cols = _columns(Tenant, "t") if with_tenant else ([], "")
-    sql = (f"SELECT {sae_cols}, {node_cols}{', ' + tenant_cols if with_tenant else ''} "  # noqa: S608 - our names
-           f"FROM {qn(Sae._meta.db_table)} s JOIN {qn(QkdNode._meta.db_table)} n ON n.id = s.node_id "
+    models = [(Sae, "s"), (QkdNode, "n"), *([(Tenant, "t")] if with_tenant else [])]
+    plan, columns = [], []
+    for model, alias in models:
+        fields = list(model._meta.concrete_fields)
+        cols = [field.get_col(model._meta.db_table) for field in fields]
+        plan.append((model, fields, [(connection.ops.get_db_converters(col) + field.get_db_converters(connection),
+                                      col) for field, col in zip(fields, cols, strict=True)]))
+        columns += [f"{alias}.{qn(field.column)}" for field in fields]
+    sql = (f"SELECT {', '.join(columns)} FROM {qn(Sae._meta.db_table)} s "  # noqa: S608 - names from the models
+           f"JOIN {qn(QkdNode._meta.db_table)} n ON n.id = s.node_id "
            + (f"JOIN {qn(Tenant._meta.db_table)} t ON t.id = s.tenant_id " if with_tenant else "") + where)
-    return sql, sae_names, node_names, tenant_names
+    return sql, plan
 
 
 def _one_sae(where: str, params: list, tenant: Tenant | None) -> Sae | None:
-    sql, sae_names, node_names, tenant_names = _sae_query(where, tenant is None)
+    sql, plan = _sae_query(where, tenant is None, connection.vendor)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    a, b = len(sae_names), len(sae_names) + len(node_names)
-    sae = _instance(Sae, sae_names, row[:a])
-    sae.node = _instance(QkdNode, node_names, row[a:b])
-    sae.tenant = tenant if tenant is not None else _instance(Tenant, tenant_names, row[b:])
+    instances, start = [], 0
+    for model, fields, converters in plan:
+        values = list(row[start:start + len(fields)])
+        start += len(fields)
+        for i, (convert_all, col) in enumerate(converters):
+            for convert in convert_all:
+                values[i] = convert(values[i], col, connection)
+        instances.append(model.from_db(connection.alias, [f.attname for f in fields], values))
+    sae, sae.node = instances[0], instances[1]
+    sae.tenant = tenant if tenant is not None else instances[2]
     return sae
 
 

@@ -110,18 +110,27 @@ def scope_limits(scope: str) -> tuple[float, int, str]:
     return settings.API_RATE_LIMIT_PER_SECOND, settings.API_RATE_LIMIT_BURST, "requests"
 
 
+def _take(scope: str, ident: str) -> tuple[BucketResult, dict[str, str]] | None:
+    """One request of ``ident`` in ``scope``'s bucket and the headers to send; None when the scope is off."""
+    rate, burst, policy = scope_limits(scope)
+    if rate <= 0:
+        return None
+    result = limiter().take(f"{scope}:{ident}" if scope != "api" else ident, rate, burst)
+    return result, rate_headers(result, rate, burst, policy)
+
+
 def take(scope: str, ident: str) -> dict[str, str]:
     """One request of ``ident`` in ``scope``'s bucket outside DRF (the key gateway): the headers to send, or
     ``RateLimited`` (429 with them and Retry-After) when the bucket is empty. Same buckets and identities as
     ``TokenRateThrottle``."""
     from portal.errors import RateLimited
 
-    rate, burst, policy = scope_limits(scope)
-    if rate <= 0:
+    taken = _take(scope, ident)
+    if taken is None:
         return {}
-    result = limiter().take(f"{scope}:{ident}" if scope != "api" else ident, rate, burst)
-    headers = rate_headers(result, rate, burst, policy)
+    result, headers = taken
     if not result.allowed:
+        rate, burst, policy = scope_limits(scope)
         raise RateLimited(f"too many requests: {policy} allows {burst} at once and {rate:g} a second",
                           headers={**headers, "Retry-After": str(math.ceil(result.retry_after))})
     return headers
@@ -132,10 +141,6 @@ class TokenRateThrottle(BaseThrottle):
     per IP when anonymous) and per scope (``rate_limit_scope`` of the view: ``api`` or ``keys``)."""
 
     def allow_request(self, request, view) -> bool:
-        scope = getattr(view, "rate_limit_scope", "api")
-        rate, burst, policy = scope_limits(scope)
-        if rate <= 0:
-            return True
         auth = request.auth
         if getattr(auth, "key", None):
             ident = f"token:{auth.key}"
@@ -143,11 +148,12 @@ class TokenRateThrottle(BaseThrottle):
             ident = f"user:{request.user.pk}"
         else:
             ident = f"ip:{self.get_ident(request)}"
-        if scope != "api":
-            ident = f"{scope}:{ident}"
-        result = limiter().take(ident, rate, burst)
+        taken = _take(getattr(view, "rate_limit_scope", "api"), ident)
+        if taken is None:
+            return True
+        result, headers = taken
         # Seen by the middleware that puts these headers on every API response, errors included.
-        request._request.ratelimit_headers = rate_headers(result, rate, burst, policy)
+        request._request.ratelimit_headers = headers
         self._retry_after = result.retry_after
         return result.allowed
 

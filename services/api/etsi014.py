@@ -18,9 +18,9 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.errors import ApiError, BadRequest, Forbidden, describe
+from portal.errors import ApiError, BadRequest, Forbidden, describe_etsi
 from services import delivery
-from services.authentication import SaeCertificateAuthentication
+from services.authentication import SaeCertificateAuthentication, token_calling_sae
 from services.models import Sae
 from tenants.authentication import BearerTokenAuthentication
 from tenants.models import ApiToken
@@ -29,13 +29,9 @@ from tenants.tenancy import resolve_tenant
 
 def etsi_exception_handler(exc: Exception, context: dict) -> Response | None:
     try:
-        status_code, _code, message, details, headers = describe(exc)
+        status_code, body, headers = describe_etsi(exc)
     except Exception:
         return None
-    body: dict[str, Any] = {"message": message}
-    if details is not None:
-        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
-                                                                     else {"detail": details}]
     return Response(body, status=status_code, headers=headers)
 
 
@@ -75,12 +71,7 @@ class EtsiView(APIView):
         ctx = resolve_tenant(request)  # the one place that decides the tenant (and refuses a suspended one)
         if isinstance(request.auth, Sae):
             return request.auth
-        if self.required_scope not in ctx.scopes:
-            raise Forbidden(f"this needs the {self.required_scope!r} scope")
-        name = request.headers.get("X-SAE-ID")
-        if not name:
-            raise BadRequest("with an API token, name the calling SAE in the X-SAE-ID header")
-        return delivery.tenant_sae(ctx.tenant, name, "calling")
+        return token_calling_sae(ctx, request.headers.get("X-SAE-ID"), self.required_scope)
 
     @staticmethod
     def body(request) -> dict[str, Any]:

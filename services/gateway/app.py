@@ -30,7 +30,7 @@ import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from django.db import DatabaseError, connections
 
-from portal.errors import BadRequest, ServiceUnavailable, describe
+from portal.errors import BadRequest, ServiceUnavailable, describe_etsi
 from services import delivery, pki, registry
 from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
@@ -132,11 +132,7 @@ def _json(body: Any, headers: dict[str, str], status: int = 200) -> web.Response
 
 def etsi_error(exc: Exception, headers: dict[str, str] | None = None) -> web.Response:
     """The ETSI 014 error body ``{"message", "details"}`` for the portal's errors (as ``EtsiView``)."""
-    status, _code, message, details, extra = describe(exc)
-    body: dict[str, Any] = {"message": message}
-    if details is not None:
-        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
-                                                                     else {"detail": details}]
+    status, body, extra = describe_etsi(exc)
     if status == 401:
         extra.setdefault("WWW-Authenticate", AUTHENTICATE_HEADER)
     return _json(body, {**(headers or {}), **extra}, status)
