@@ -9,6 +9,7 @@ row and the key-ID records; a backend failure consumes nothing; ``dec_keys`` is 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import logging
@@ -24,14 +25,15 @@ from django.utils import timezone
 
 from portal.errors import BadRequest, ServiceUnavailable
 from tenants import quota
-from tenants.models import Tenant
+from tenants.meters import KEY_BITS
+from tenants.models import Tenant, UsageRecord
 
 from . import keyids, registry, saes
 from .models import KeyDelivery, QkdNode, Sae
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
 logger = logging.getLogger(__name__)
-METER = "qkd_key_bits"
+METER = KEY_BITS
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_LIST_RE = re.compile(rf"(?:{UUID_RE.pattern},)*{UUID_RE.pattern}")  # comma-separated: one regex call a batch
 
@@ -229,14 +231,8 @@ class Delivery:
         return keyids.seal(self.batch, len(self.keys))
 
 
-def record_delivery(tenant: Tenant, master: Sae, slaves: list[Sae], keys: list[DeliveredKey], size: int,
-                    reference: str, limits: dict[str, int] | None = None) -> None:
-    """Meter and remember delivered key IDs in one transaction; a quota refusal discards the keys."""
-    record_deliveries(tenant, [Delivery(master, slaves, keys)], size, reference, limits)
-
-
 def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, reference: str,
-                      limits: dict[str, int] | None = None) -> None:
+                      limits: dict[str, int] | None = None, order_id: uuid.UUID | None = None) -> UsageRecord:
     """Meter all the keys of ``deliveries`` as one usage (one ledger row, idempotency key from every key ID of
     the KMEs) and record them (one row per delivery and slave), in one transaction: all or nothing.
 
@@ -257,9 +253,69 @@ def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, ref
     # The key-ID rows go in inside consume's transaction (after the ledger row), so counters, ledger row and
     # key IDs commit together or not at all, in one transaction without a savepoint.
     record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key,
-                           reference=f"{reference}:{len(key_ids)} keys", limits=limits, then=insert_rows)
+                           reference=f"{reference}:{len(key_ids)} keys", limits=limits, then=insert_rows,
+                           order_id=order_id)
     if record.replayed:  # these key IDs were delivered (and charged) before: never hand a key out twice
         raise ServiceUnavailable("the KME returned keys that were delivered before; nothing was charged")
+    return record
+
+
+# -- the one call for a metered key pair, for portal services ---------------------------------------------
+@dataclass(frozen=True)
+class KeyPair:
+    """A QKD key shared by two of a tenant's SAEs, as a portal service (IPsec, TLS) obtains it.
+
+    ``key_id`` is the tenant's sealed key ID (safe to store and show); ``key`` and ``peer_key`` are key
+    material: never logged, stored or put in a URL (they are left out of ``repr``)."""
+
+    key_id: str
+    key: bytes = field(repr=False)
+    peer_key: bytes | None = field(repr=False)
+    size: int
+    hops: int
+
+
+def take_key(tenant: Tenant, master: Sae, slave: Sae, size: Any = 256, *, reference: str = "",
+             order_id: uuid.UUID | None = None, peer: bool = True) -> KeyPair:
+    """One fresh key between two of ``tenant``'s SAEs, metered (``size`` bits of ``qkd_key_bits``, one ledger
+    row carrying ``order_id``), without an HTTP view in between: the master's copy from the master's KME
+    (relayed by trusted nodes when the SAEs' nodes are not neighbours) and, with ``peer``, the slave's copy
+    from the slave's KME, checked to be the same key.
+
+    Raises ``QuotaExceeded`` before any key leaves a KME, ``BadRequest`` for a size the link refuses,
+    ``ServiceUnavailable`` when a KME cannot deliver. Nothing is charged unless a usable key comes back: a
+    failed peer fetch gives the bits back."""
+    if tenant.pk is None or master.tenant_id != tenant.pk or slave.tenant_id != tenant.pk:
+        raise BadRequest("both SAEs must belong to the tenant")
+    if master.pk == slave.pk:
+        raise BadRequest("master and slave SAE must differ", details=[{"slave_SAE_ID": slave.name}])
+    master.tenant = slave.tenant = tenant
+    pair = backend_pair(master, slave)
+    _, size, _ = validate_key_request(_limits(pair), 1, size, None, None)
+    limits = quota.check(tenant, METER, size)
+    try:
+        keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
+                                                              acting_as=pair.master_sae)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise backend_error(exc, pair.master_node) from None
+    if len(keys) != 1:
+        raise ServiceUnavailable(f"the KME of {pair.master_node.node_id} returned {len(keys)} keys for one")
+    delivered = Delivery(master, [slave], keys)
+    record = record_deliveries(tenant, [delivered], size, reference or f"take-key:{master.name}->{slave.name}",
+                               limits=limits, order_id=order_id)
+    key_id = delivered.key_ids()[0]
+    key = base64.b64decode(keys[0].key)
+    peer_key = None
+    if peer:
+        try:
+            peer_key = base64.b64decode(dec_keys(slave, master.name, [key_id])["keys"][0]["key"])
+            if peer_key != key:
+                raise ServiceUnavailable("the two KMEs returned different keys for one key ID; nothing was charged")
+        except Exception:
+            quota.release(tenant, METER, size, f"refund:{record.idempotency_key}", consumed_at=record.created_at,
+                          reference=f"{reference or 'take-key'}: peer copy not delivered", order_id=order_id)
+            raise
+    return KeyPair(key_id, key, peer_key, size, keys[0].hops or 1)
 
 
 # -- per-hop extraction ------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ the backend to the calling SAE without storing, caching or logging it. The backe
 portal's own: tenants name streams with their own IDs, so one tenant can never reach another's backend stream,
 and another tenant's Key_stream_ID is indistinguishable from an unknown one.
 
-Metering: ``key_streams`` (concurrent) is consumed on open and released once, on close or TTL expiry;
-each chunk index is metered once in ``qkd_key_bits`` (idempotency key per stream and index), whichever SAE
+A key stream is a service order (``services.orders``): ``key_streams`` (concurrent) is consumed on open and
+released once, on close or TTL expiry, and its connected time is metered in ``key_stream_seconds``; each chunk
+index is metered once in ``qkd_key_bits`` (idempotency key per stream and index), whichever SAE
 reads it first; the peer reading the same index is not charged again. Bad input is refused before anything
 reaches the backend, so it costs nothing and loses no chunk.
 
@@ -36,9 +37,10 @@ from django.utils import timezone
 
 from portal.errors import BadRequest, Forbidden, ServiceUnavailable
 from tenants import quota
+from tenants.meters import KEY_BITS
 from tenants.models import UsageRecord
 
-from . import registry
+from . import orders, registry
 from .delivery import backend_pair, tenant_sae
 from .models import KeyStream, QkdNode, Sae
 from .sdqkd import client004
@@ -47,8 +49,8 @@ from .sdqkd.client004 import Kme004Client, StreamAnswer
 
 log = logging.getLogger(__name__)
 
-KEY_METER = "qkd_key_bits"
-STREAM_METER = "key_streams"
+KEY_METER = KEY_BITS
+STREAM_METER = KeyStream.concurrent_meter
 
 QOS_DEFAULTS: dict[str, Any] = {
     "Key_chunk_size": 32, "Max_bps": 40000, "Min_bps": 5000, "Jitter": 10, "Priority": 0, "Timeout": 5000,
@@ -64,7 +66,7 @@ FILL_AHEAD_S = 2.0  # the filler makes chunks due within this horizon
 MAX_AHEAD_CHUNKS = 64  # and never more than this many beyond the highest index read
 FILL_BUDGET_S = 5.0  # wall-clock budget of one filler run over all streams
 ROUTE_FIELDS = ("hops", "path")
-LIVE = (KeyStream.State.OPENED, KeyStream.State.CONNECTED)
+LIVE = KeyStream.live_states
 
 
 # -- input --------------------------------------------------------------------------------------------------
@@ -163,11 +165,11 @@ def burst_chunks(stream: KeyStream) -> int:
 def due_at(stream: KeyStream, index: int) -> datetime:
     """When chunk ``index`` may be handed out at the stream's Max_bps."""
     ahead = max(0, index + 1 - burst_chunks(stream))
-    return stream.connected_at + timedelta(seconds=ahead * chunk_bits(stream) / stream.qos["Max_bps"])
+    return stream.activated_at + timedelta(seconds=ahead * chunk_bits(stream) / stream.qos["Max_bps"])
 
 
 def last_due_index(stream: KeyStream, at: datetime) -> int:
-    elapsed = max(0.0, (at - stream.connected_at).total_seconds())
+    elapsed = max(0.0, (at - stream.activated_at).total_seconds())
     return burst_chunks(stream) - 1 + math.floor(elapsed * stream.qos["Max_bps"] / chunk_bits(stream))
 
 
@@ -192,11 +194,6 @@ def _live_stream(caller: Sae, ksid: uuid.UUID) -> KeyStream:
         raise Forbidden("the calling SAE is not an application of this key stream")
     return stream
 
-
-def metered_chunks(stream: KeyStream) -> int:
-    """Chunk indexes charged so far (from the usage ledger, the single source of truth)."""
-    return UsageRecord.objects.for_tenant(stream.tenant_id).filter(
-        idempotency_key__startswith=f"etsi004:{stream.backend_ksid}:", kind=UsageRecord.Kind.CONSUME).count()
 
 
 # -- OPEN_CONNECT -------------------------------------------------------------------------------------------
@@ -236,12 +233,11 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     now = timezone.now()
     try:
         with transaction.atomic():
-            quota.consume(tenant, STREAM_METER, 1, f"etsi004-open:{backend_ksid}",
-                          reference=f"etsi004:{caller.name}->{destination.name}")
-            stream = KeyStream.objects.create(
-                tenant=tenant, ksid=ksid or uuid.uuid4(), backend_ksid=backend_ksid, source=caller,
-                destination=destination, backend_source_sae=pair.master_sae, backend_destination_sae=pair.slave_sae,
-                qos=negotiated, expires_at=now + timedelta(seconds=negotiated["TTL"]))
+            stream = orders.place(
+                KeyStream, tenant, reference=f"etsi004:{caller.name}->{destination.name}",
+                ksid=ksid or uuid.uuid4(), backend_ksid=backend_ksid, source=caller, destination=destination,
+                backend_source_sae=pair.master_sae, backend_destination_sae=pair.slave_sae, qos=negotiated,
+                expires_at=now + timedelta(seconds=negotiated["TTL"]))
     except IntegrityError:  # a concurrent open_connect took the proposed Key_stream_ID first
         _close_at_backend(pair.master_node, str(backend_ksid), pair.master_sae)
         return {"status": client004.KSID_IN_USE, "Key_stream_ID": str(ksid), "QoS": qos}
@@ -269,9 +265,7 @@ def _join(stream: KeyStream, caller: Sae, destination_name: str) -> dict[str, An
         expire(stream)
     if answer.status != client004.SUCCESSFUL:
         return _answer(stream, answer.status, QoS=stream.qos)
-    joined = KeyStream.objects.for_tenant(stream.tenant_id).filter(
-        pk=stream.pk, state=KeyStream.State.OPENED).update(state=KeyStream.State.CONNECTED,
-                                                          connected_at=timezone.now())
+    joined = orders.advance(stream, KeyStream.State.CONNECTED, expected=(KeyStream.State.OPENED,))
     if not joined:  # closed meanwhile
         return _answer(stream, client004.KSID_IN_USE, QoS=stream.qos)
     return _answer(stream, client004.SUCCESSFUL, QoS=stream.qos)
@@ -356,42 +350,23 @@ def _close_at_backend(node: QkdNode, backend_ksid: str, backend_sae: str) -> Non
         log.info("closing backend key stream %s at %s: %s", backend_ksid, node.node_id, exc.message)
 
 
-def _finish(stream: KeyStream, state: str) -> bool:
-    """Mark the stream closed/expired and give back its ``key_streams`` slot, exactly once."""
-    with transaction.atomic():
-        won = KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk, state__in=LIVE).update(
-            state=state, closed_at=timezone.now())
-        if won:
-            quota.release(stream.tenant, STREAM_METER, 1, f"etsi004-release:{stream.backend_ksid}",
-                          reference=f"etsi004:{stream.ksid}:{state}")
-    stream.state = state if won else stream.state
-    return bool(won)
-
-
 def close(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     """Close the stream at both ends (either SAE may) and release everything."""
     stream = _live_stream(caller, parse_ksid(body.get("Key_stream_ID") or body.get("key_stream_id")))
     if stream.state in LIVE:
         node, backend_sae = _backend_identity(stream, _side(stream, caller))
         _close_at_backend(node, str(stream.backend_ksid), backend_sae)
-        _finish(stream, KeyStream.State.CLOSED)
+        orders.finish(stream, KeyStream.State.CLOSED, "closed by an SAE")
     else:  # expired: closing it forgets it
         KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(state=KeyStream.State.CLOSED)
     return _answer(stream, client004.SUCCESSFUL)
 
 
 def expire(stream: KeyStream) -> bool:
+    """End a stream whose TTL has passed (``orders.expire_due`` calls this for every such stream)."""
     node, backend_sae = _backend_identity(stream, "source")
     _close_at_backend(node, str(stream.backend_ksid), backend_sae)
-    return _finish(stream, KeyStream.State.EXPIRED)
-
-
-def expire_streams(now: datetime | None = None) -> int:
-    """Expire every live stream past its TTL (periodic job, all tenants)."""
-    now = now or timezone.now()
-    due = KeyStream.objects.unscoped().select_related("tenant", "source__node", "destination__node").filter(
-        state__in=LIVE, expires_at__lte=now)
-    return sum(1 for stream in due if expire(stream))
+    return orders.finish(stream, KeyStream.State.EXPIRED, "TTL expired")
 
 
 # -- filling the backend's buffer ---------------------------------------------------------------------------

@@ -261,12 +261,14 @@ def test_keys_a_kme_delivers_twice_are_refused_and_charged_once_even_with_the_qu
     set_quota_overrides(lab.tenant, {"qkd_key_bits.day": -1, "qkd_key_bits.month": 512})
     master, slave = (Sae.objects.for_tenant(lab.tenant).get(name=n) for n in ("upm-cait", "upm-rect"))
     keys = [DeliveredKey(str(uuid.uuid4()), "") for _ in range(2)]
-    delivery.record_delivery(lab.tenant, master, [slave], keys, 256, reference="test")
+    def record(batch):
+        delivery.record_deliveries(lab.tenant, [delivery.Delivery(master, [slave], batch)], 256, "test")
+
+    record(keys)
     with pytest.raises(ServiceUnavailable, match="delivered before"):  # a faulty KME repeats key IDs
-        delivery.record_delivery(lab.tenant, master, [slave], list(reversed(keys)), 256, reference="test")
+        record(list(reversed(keys)))
     with pytest.raises(QuotaExceeded, match=r"qkd_key_bits\.month"):
-        delivery.record_delivery(lab.tenant, master, [slave], [DeliveredKey(str(uuid.uuid4()), "")], 256,
-                                 reference="test")
+        record([DeliveredKey(str(uuid.uuid4()), "")])
     states = {s.quota_key: s.used for s in quota.quota_states(lab.tenant)}
     assert states["qkd_key_bits.day"] == states["qkd_key_bits.month"] == 512
     assert [r.quantity for r in UsageRecord.objects.for_tenant(lab.tenant)] == [512]
