@@ -28,41 +28,15 @@ from tenants import quota
 from tenants.meters import KEY_BITS
 from tenants.models import Tenant, UsageRecord
 
-from . import keyids, registry, saes
+from . import keyids, registry
 from .models import KeyDelivery, QkdNode, Sae
+from .saes import BackendPair, backend_pair, multicast_backend_saes, tenant_sae
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
 logger = logging.getLogger(__name__)
 METER = KEY_BITS
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_LIST_RE = re.compile(rf"(?:{UUID_RE.pattern},)*{UUID_RE.pattern}")  # comma-separated: one regex call a batch
-
-
-@dataclass(frozen=True)
-class BackendPair:
-    master_node: QkdNode
-    master_sae: str
-    slave_sae: str
-
-
-def tenant_sae(tenant: Tenant, name: str, role: str) -> Sae:
-    """The tenant's SAE called ``name``; another tenant's SAE is indistinguishable from none."""
-    sae = saes.tenant_sae_named(tenant, name)
-    if sae is None:
-        raise BadRequest(f"unknown {role} SAE {name!r}")
-    return sae
-
-
-def backend_pair(master: Sae, slave: Sae) -> BackendPair:
-    """Map a pair of tenant SAEs onto the backend SAEs the portal holds at their nodes."""
-    master_ids, slave_ids = master.node.backend_sae_ids, slave.node.backend_sae_ids
-    if not master_ids or not slave_ids:
-        raise ServiceUnavailable("the portal has no SAE identity at one of the nodes; ask the operator")
-    if master.node_id == slave.node_id:
-        if len(master_ids) < 2:
-            raise BadRequest(f"node {master.node.node_id} cannot exchange keys with itself (one backend SAE)")
-        return BackendPair(master.node, master_ids[0], master_ids[1])
-    return BackendPair(master.node, master_ids[0], slave_ids[0])
 
 
 def _limits(pair: BackendPair, fresh: bool = False) -> dict[str, Any]:
@@ -193,24 +167,6 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
     except (KmeRejected, KmeUnavailable) as exc:
         raise backend_error(exc, order.pair.master_node) from None
     return deliver(order, keys)
-
-
-def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
-    """The backend SAE each tenant slave receives the key as: distinct ones, since the KME delivers a key once
-    per backend SAE (two tenant SAEs of one node get two of the portal's SAEs at that node).
-
-    The first slave keeps its usual backend SAE (``backend_pair``); others on a node take the node's next
-    unused portal SAE, never the master's own."""
-    used = {(pair.master_node.pk, pair.master_sae), (slaves[0].node_id, pair.slave_sae)}
-    out = [pair.slave_sae]
-    for extra in slaves[1:]:
-        free = [b for b in extra.node.backend_sae_ids if (extra.node_id, b) not in used]
-        if not free:
-            raise BadRequest(f"the portal has no further SAE identity at node {extra.node.node_id} for another "
-                             "slave of the same key; name SAEs at other nodes", details=[{"slave_SAE_ID": extra.name}])
-        used.add((extra.node_id, free[0]))
-        out.append(free[0])
-    return out
 
 
 @dataclass(frozen=True)

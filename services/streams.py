@@ -1,7 +1,7 @@
 """ETSI GS QKD 004 key streams as a service: ``open_connect`` / ``get_key`` / ``close`` for tenants' SAEs.
 
 A portal key stream maps onto a backend 004 stream between the portal's SAEs at the two KMEs (the same pairing
-as ETSI 014, ``delivery.backend_pair``). The backend KME holds the stream's chunks; the portal keeps metadata
+as ETSI 014, ``saes.backend_pair``). The backend KME holds the stream's chunks; the portal keeps metadata
 only (its ``KeyStream`` row: Key_stream_IDs, SAEs, negotiated QoS, expiry, indexes) and hands each chunk from
 the backend to the calling SAE without storing, caching or logging it. The backend Key_stream_ID is the
 portal's own: tenants name streams with their own IDs, so one tenant can never reach another's backend stream,
@@ -41,24 +41,18 @@ from tenants.meters import KEY_BITS
 from tenants.models import UsageRecord
 
 from . import orders, registry
-from .delivery import backend_pair, tenant_sae
 from .models import KeyStream, QkdNode, Sae
+from .saes import backend_pair, tenant_sae
 from .sdqkd import client004
+from .sdqkd import etsi004_spec as spec
 from .sdqkd.client import KmeRejected, KmeUnavailable
 from .sdqkd.client004 import Kme004Client, StreamAnswer
 
 log = logging.getLogger(__name__)
 
 KEY_METER = KEY_BITS
-STREAM_METER = KeyStream.concurrent_meter
+STREAM_METER = KeyStream.concurrent_meter  # key_streams
 
-QOS_DEFAULTS: dict[str, Any] = {
-    "Key_chunk_size": 32, "Max_bps": 40000, "Min_bps": 5000, "Jitter": 10, "Priority": 0, "Timeout": 5000,
-    "TTL": 3600, "Metadata_mimetype": "application/json",
-}
-QOS_INTEGERS = ("Key_chunk_size", "Max_bps", "Min_bps", "Jitter", "Priority", "Timeout", "TTL")
-MAX_CHUNK_BYTES = 8192
-MAX_TTL_S = 7 * 24 * 3600
 MAX_WAIT_S = 10.0  # longest a get_key waits for its chunk to fall due (the backend has its own bound)
 MAX_INDEX = 2**31 - 2  # next_index (index + 1) must fit a PositiveIntegerField
 BURST_S = 1.0  # a stream may run this many seconds of Max_bps ahead of its schedule
@@ -71,10 +65,10 @@ LIVE = KeyStream.live_states
 
 # -- input --------------------------------------------------------------------------------------------------
 def sae_name(uri: Any, field: str) -> str:
-    """``sae://ID``, ``qkd://ID`` or a bare SAE ID."""
-    if not isinstance(uri, str) or not uri.strip():
-        raise BadRequest(f"{field} must be an SAE URI (sae://<SAE ID>)", details=[{field: uri}])
-    return uri.split("://", 1)[1].strip("/") if "://" in uri else uri.strip()
+    try:
+        return spec.sae_from_uri(uri, field)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
 
 
 def parse_ksid(value: Any, *, required: bool = True) -> uuid.UUID | None:
@@ -103,34 +97,10 @@ def optional_int(value: Any, name: str, maximum: int = MAX_INDEX) -> int | None:
 
 
 def validate_qos(raw: Any) -> dict[str, Any]:
-    """The requested QoS with ETSI defaults filled in; refuses what no KME could honour."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise BadRequest("QoS must be an object")
-    unknown = sorted(set(raw) - set(QOS_DEFAULTS))
-    if unknown:
-        raise BadRequest("unknown QoS field(s)", details=[{"unknown": unknown}])
-    qos = {**QOS_DEFAULTS, **raw}
-    for name in QOS_INTEGERS:
-        value = qos[name]
-        if isinstance(value, float) and value.is_integer():
-            value = qos[name] = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadRequest(f"QoS {name} must be a non-negative integer", details=[{name: value}])
-    if not 1 <= qos["Key_chunk_size"] <= MAX_CHUNK_BYTES:
-        raise BadRequest(f"QoS Key_chunk_size must be 1..{MAX_CHUNK_BYTES} bytes",
-                         details=[{"Key_chunk_size": qos["Key_chunk_size"]}])
-    if not 1 <= qos["TTL"] <= MAX_TTL_S:
-        raise BadRequest(f"QoS TTL must be 1..{MAX_TTL_S} seconds", details=[{"TTL": qos["TTL"]}])
-    if qos["Max_bps"] < 1:
-        raise BadRequest("QoS Max_bps must be at least 1")
-    if qos["Min_bps"] > qos["Max_bps"]:
-        raise BadRequest("QoS Min_bps exceeds Max_bps",
-                         details=[{"Min_bps": qos["Min_bps"], "Max_bps": qos["Max_bps"]}])
-    if not isinstance(qos["Metadata_mimetype"], str) or len(qos["Metadata_mimetype"]) > 100:
-        raise BadRequest("QoS Metadata_mimetype must be a string of at most 100 characters")
-    return qos
+    try:
+        return spec.validate_qos(raw)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
 
 
 # -- backend ------------------------------------------------------------------------------------------------
@@ -224,7 +194,7 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, pair.master_node) from None
     # The KME's QoS over ours: its counter-proposal (status 7/4) or what it granted (status 1).
-    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
+    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in spec.QOS_DEFAULTS}}
     if answer.status in (client004.QOS_NOT_MET, client004.NO_QKD_CONNECTION):
         return {"status": answer.status, "Key_stream_ID": None, "QoS": negotiated}
     if answer.status != client004.PEER_NOT_CONNECTED:
