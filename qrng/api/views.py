@@ -11,14 +11,14 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from portal.api.base import IsOperator, TenantAPIView, TenantScopedViewSet
 from portal.errors import error_body
 from qrng import delivery, formats, quality, reports, runtime
 from qrng.models import QualityReport
 from qrng.service import SIMULATED_NOTICE, provenance_body, provenance_headers
 from qrng.sources import EntropySourceError
+from tenants.api.base import IsOperator, TenantAPIView, TenantScopedViewSet
+from tenants.authentication import ApiKeyHeaderAuthentication
 
-from .authentication import ApiKeyHeaderAuthentication
 from .serializers import (
     AnuQuerySerializer,
     AnuResponseSerializer,
