@@ -29,11 +29,12 @@ from qrng.formats import FormatError
 from qrng.service import Draw, http_status, retry_after
 from qrng.sources import EntropySourceError
 from tenants import quota
+from tenants.meters import ENTROPY_BYTES
 from tenants.models import Tenant, UsageRecord
 
 log = logging.getLogger(__name__)
 
-METER = "entropy_bytes"
+METER = ENTROPY_BYTES
 
 
 def new_request_id() -> str:

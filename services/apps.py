@@ -6,4 +6,11 @@ class ServicesConfig(AppConfig):
     verbose_name = "Services: QKD key delivery"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the SD-QKD readiness check
+        from . import (
+            checks,  # noqa: F401 - registers the SD-QKD readiness check
+            orders,
+            streams,
+        )
+        from .models import KeyStream
+
+        orders.register(KeyStream, expire=streams.expire, maintain=streams.fill_streams)

@@ -112,7 +112,7 @@ def etsi_caller(certificate_serial: str | None, authorization: str | None, sae_n
 
 def token_calling_sae(ctx: TenantContext, sae_name: str | None, scope: str) -> Sae:
     """The SAE an API token names in ``X-SAE-ID`` (one of its tenant's), if the token has ``scope``."""
-    from .delivery import tenant_sae
+    from .saes import tenant_sae
 
     if scope not in ctx.scopes:
         raise Forbidden(f"this needs the {scope!r} scope")

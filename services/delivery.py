@@ -9,6 +9,7 @@ row and the key-ID records; a backend failure consumes nothing; ``dec_keys`` is 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import logging
@@ -22,45 +23,23 @@ from django.db import DatabaseError, connection
 from django.db.models import F
 from django.utils import timezone
 
-from portal.errors import BadRequest, ServiceUnavailable
+from portal.errors import BadRequest, ServiceUnavailable, Unauthorized
 from tenants import quota
-from tenants.models import Tenant
+from tenants.meters import KEY_BITS
+from tenants.models import Tenant, UsageRecord
 
-from . import keyids, registry, saes
+from . import keyids, registry
 from .models import KeyDelivery, QkdNode, Sae
+from .saes import BackendPair, backend_pair, multicast_backend_saes, tenant_sae
+from .sdqkd import etsi014_spec as etsi014
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
 logger = logging.getLogger(__name__)
-METER = "qkd_key_bits"
+METER = KEY_BITS
+# The portal brokers plain keys: it honours no mandatory extension of its own.
+SUPPORTED_MANDATORY_EXTENSIONS: frozenset[str] = frozenset()
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_LIST_RE = re.compile(rf"(?:{UUID_RE.pattern},)*{UUID_RE.pattern}")  # comma-separated: one regex call a batch
-
-
-@dataclass(frozen=True)
-class BackendPair:
-    master_node: QkdNode
-    master_sae: str
-    slave_sae: str
-
-
-def tenant_sae(tenant: Tenant, name: str, role: str) -> Sae:
-    """The tenant's SAE called ``name``; another tenant's SAE is indistinguishable from none."""
-    sae = saes.tenant_sae_named(tenant, name)
-    if sae is None:
-        raise BadRequest(f"unknown {role} SAE {name!r}")
-    return sae
-
-
-def backend_pair(master: Sae, slave: Sae) -> BackendPair:
-    """Map a pair of tenant SAEs onto the backend SAEs the portal holds at their nodes."""
-    master_ids, slave_ids = master.node.backend_sae_ids, slave.node.backend_sae_ids
-    if not master_ids or not slave_ids:
-        raise ServiceUnavailable("the portal has no SAE identity at one of the nodes; ask the operator")
-    if master.node_id == slave.node_id:
-        if len(master_ids) < 2:
-            raise BadRequest(f"node {master.node.node_id} cannot exchange keys with itself (one backend SAE)")
-        return BackendPair(master.node, master_ids[0], master_ids[1])
-    return BackendPair(master.node, master_ids[0], slave_ids[0])
 
 
 def _limits(pair: BackendPair, fresh: bool = False) -> dict[str, Any]:
@@ -102,29 +81,31 @@ def _int(value: Any, name: str) -> int:
         raise BadRequest(f"{name} must be an integer") from None
 
 
-def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additional: list | None,
+def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additional: Any,
                          mandatory: Any) -> tuple[int, int, list[str]]:
-    number = 1 if number is None else _int(number, "number")
-    size = limits.get("key_size", 256) if size is None else _int(size, "size")
+    """The ETSI 014 rules for a key request against the link's limits (``null`` is absent: ``etsi014_spec``)."""
+    try:
+        fields = etsi014.key_request_fields({"number": number, "size": size, "additional_slave_SAE_IDs": additional,
+                                             "extension_mandatory": mandatory})
+    except etsi014.Etsi014Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
+    number = 1 if fields.number is None else _int(fields.number, "number")
+    size = limits.get("key_size", 256) if fields.size is None else _int(fields.size, "size")
+    if size % 8:
+        raise BadRequest(etsi014.SIZE_NOT_MULTIPLE_OF_8, details=[{"size": size}])
+    unsupported = etsi014.unsupported_mandatory(fields.extension_mandatory, SUPPORTED_MANDATORY_EXTENSIONS)
+    if unsupported:
+        raise BadRequest(etsi014.EXTENSION_UNSUPPORTED, details=[{etsi014.EXTENSION_UNSUPPORTED_KEY: unsupported}])
     if number < 1:
         raise BadRequest("number must be at least 1")
     if number > limits.get("max_key_per_request", 1):
         raise BadRequest(f"number exceeds max_key_per_request ({limits.get('max_key_per_request')})")
-    if size % 8:
-        raise BadRequest("size must be a multiple of 8 (it is in bits)")
     if not limits.get("min_key_size", 8) <= size <= limits.get("max_key_size", 256):
         raise BadRequest(f"size must be between {limits.get('min_key_size')} and {limits.get('max_key_size')} bits")
-    additional = additional or []
-    if not isinstance(additional, list) or not all(isinstance(x, str | int) for x in additional):
-        raise BadRequest("additional_slave_SAE_IDs must be a list of SAE IDs")
+    additional = fields.additional_slave_SAE_IDs
     if additional and len(additional) > limits.get("max_SAE_ID_count", 0):
         raise BadRequest(f"too many additional slave SAEs (max_SAE_ID_count is {limits.get('max_SAE_ID_count', 0)})")
-    if mandatory:
-        if not isinstance(mandatory, list):
-            raise BadRequest("extension_mandatory must be a list of objects")
-        names = sorted({k for ext in mandatory if isinstance(ext, dict) for k in ext})
-        raise BadRequest("unsupported mandatory extension(s)", details=[{"unsupported_extensions": names}])
-    return number, size, [str(x) for x in additional]
+    return number, size, additional
 
 
 def backend_error(exc: Exception, node: QkdNode) -> Exception:
@@ -193,24 +174,6 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
     return deliver(order, keys)
 
 
-def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
-    """The backend SAE each tenant slave receives the key as: distinct ones, since the KME delivers a key once
-    per backend SAE (two tenant SAEs of one node get two of the portal's SAEs at that node).
-
-    The first slave keeps its usual backend SAE (``backend_pair``); others on a node take the node's next
-    unused portal SAE, never the master's own."""
-    used = {(pair.master_node.pk, pair.master_sae), (slaves[0].node_id, pair.slave_sae)}
-    out = [pair.slave_sae]
-    for extra in slaves[1:]:
-        free = [b for b in extra.node.backend_sae_ids if (extra.node_id, b) not in used]
-        if not free:
-            raise BadRequest(f"the portal has no further SAE identity at node {extra.node.node_id} for another "
-                             "slave of the same key; name SAEs at other nodes", details=[{"slave_SAE_ID": extra.name}])
-        used.add((extra.node_id, free[0]))
-        out.append(free[0])
-    return out
-
-
 @dataclass(frozen=True)
 class Delivery:
     """Keys one master SAE took from the backend for its slave SAE(s), not yet metered or recorded.
@@ -229,14 +192,8 @@ class Delivery:
         return keyids.seal(self.batch, len(self.keys))
 
 
-def record_delivery(tenant: Tenant, master: Sae, slaves: list[Sae], keys: list[DeliveredKey], size: int,
-                    reference: str, limits: dict[str, int] | None = None) -> None:
-    """Meter and remember delivered key IDs in one transaction; a quota refusal discards the keys."""
-    record_deliveries(tenant, [Delivery(master, slaves, keys)], size, reference, limits)
-
-
 def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, reference: str,
-                      limits: dict[str, int] | None = None) -> None:
+                      limits: dict[str, int] | None = None, order_id: uuid.UUID | None = None) -> UsageRecord:
     """Meter all the keys of ``deliveries`` as one usage (one ledger row, idempotency key from every key ID of
     the KMEs) and record them (one row per delivery and slave), in one transaction: all or nothing.
 
@@ -257,9 +214,69 @@ def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, ref
     # The key-ID rows go in inside consume's transaction (after the ledger row), so counters, ledger row and
     # key IDs commit together or not at all, in one transaction without a savepoint.
     record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key,
-                           reference=f"{reference}:{len(key_ids)} keys", limits=limits, then=insert_rows)
+                           reference=f"{reference}:{len(key_ids)} keys", limits=limits, then=insert_rows,
+                           order_id=order_id)
     if record.replayed:  # these key IDs were delivered (and charged) before: never hand a key out twice
         raise ServiceUnavailable("the KME returned keys that were delivered before; nothing was charged")
+    return record
+
+
+# -- the one call for a metered key pair, for portal services ---------------------------------------------
+@dataclass(frozen=True)
+class KeyPair:
+    """A QKD key shared by two of a tenant's SAEs, as a portal service (IPsec, TLS) obtains it.
+
+    ``key_id`` is the tenant's sealed key ID (safe to store and show); ``key`` and ``peer_key`` are key
+    material: never logged, stored or put in a URL (they are left out of ``repr``)."""
+
+    key_id: str
+    key: bytes = field(repr=False)
+    peer_key: bytes | None = field(repr=False)
+    size: int
+    hops: int
+
+
+def take_key(tenant: Tenant, master: Sae, slave: Sae, size: Any = 256, *, reference: str = "",
+             order_id: uuid.UUID | None = None, peer: bool = True) -> KeyPair:
+    """One fresh key between two of ``tenant``'s SAEs, metered (``size`` bits of ``qkd_key_bits``, one ledger
+    row carrying ``order_id``), without an HTTP view in between: the master's copy from the master's KME
+    (relayed by trusted nodes when the SAEs' nodes are not neighbours) and, with ``peer``, the slave's copy
+    from the slave's KME, checked to be the same key.
+
+    Raises ``QuotaExceeded`` before any key leaves a KME, ``BadRequest`` for a size the link refuses,
+    ``ServiceUnavailable`` when a KME cannot deliver. Nothing is charged unless a usable key comes back: a
+    failed peer fetch gives the bits back."""
+    if tenant.pk is None or master.tenant_id != tenant.pk or slave.tenant_id != tenant.pk:
+        raise BadRequest("both SAEs must belong to the tenant")
+    if master.pk == slave.pk:
+        raise BadRequest("master and slave SAE must differ", details=[{"slave_SAE_ID": slave.name}])
+    master.tenant = slave.tenant = tenant
+    pair = backend_pair(master, slave)
+    _, size, _ = validate_key_request(_limits(pair), 1, size, None, None)
+    limits = quota.check(tenant, METER, size)
+    try:
+        keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
+                                                              acting_as=pair.master_sae)
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise backend_error(exc, pair.master_node) from None
+    if len(keys) != 1:
+        raise ServiceUnavailable(f"the KME of {pair.master_node.node_id} returned {len(keys)} keys for one")
+    delivered = Delivery(master, [slave], keys)
+    record = record_deliveries(tenant, [delivered], size, reference or f"take-key:{master.name}->{slave.name}",
+                               limits=limits, order_id=order_id)
+    key_id = delivered.key_ids()[0]
+    key = base64.b64decode(keys[0].key)
+    peer_key = None
+    if peer:
+        try:
+            peer_key = base64.b64decode(dec_keys(slave, master.name, [key_id])["keys"][0]["key"])
+            if peer_key != key:
+                raise ServiceUnavailable("the two KMEs returned different keys for one key ID; nothing was charged")
+        except Exception:
+            quota.release(tenant, METER, size, f"refund:{record.idempotency_key}", consumed_at=record.created_at,
+                          reference=f"{reference or 'take-key'}: peer copy not delivered", order_id=order_id)
+            raise
+    return KeyPair(key_id, key, peer_key, size, keys[0].hops or 1)
 
 
 # -- per-hop extraction ------------------------------------------------------------------------------------
@@ -382,8 +399,8 @@ def parse_key_ids(raw: Any) -> list[str]:
 
 
 def _not_found(key_ids: list[str]) -> BadRequest:
-    # Unknown, made up, another tenant's, another SAE pair's or already fetched: one answer for all.
-    return BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": key_ids}])
+    # Unknown, made up, another tenant's, another master's or already fetched: one answer for all.
+    return BadRequest(etsi014.KEYS_NOT_FOUND, details=[{"key_IDs": key_ids}])
 
 
 @dataclass(frozen=True)
@@ -420,9 +437,17 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
         row = rows.get(o[0]) if o else None
         return row is not None and o[1] < row.key_count and row.fetched_keys < row.key_count
 
-    unknown = [k for k, o in zip(key_ids, opened, strict=True) if not found(o)]
+    unknown = [(k, o) for k, o in zip(key_ids, opened, strict=True) if not found(o)]
     if unknown:
-        raise _not_found(unknown)
+        # Keys the master took for another of the tenant's SAEs: the standard's 401 (014 Table 7). Another
+        # tenant's keys stay indistinguishable from unknown ones.
+        others = set(KeyDelivery.objects.for_tenant(tenant).filter(
+            batch__in={o[0] for _, o in unknown if o}, master=master).exclude(slave=slave).values_list(
+            "batch", flat=True))
+        not_yours = [k for k, o in unknown if o and o[0] in others and o[0] not in rows]
+        if not_yours:
+            raise Unauthorized("key not issued for the calling SAE", details=[{"key_IDs": not_yours}])
+        raise _not_found([k for k, _ in unknown])
     pair = backend_pair(master, slave)
     # Each key is fetched as the backend SAE it was delivered to (a multicast slave may have had another one).
     by_backend: dict[str, list[str]] = {}

@@ -1,14 +1,56 @@
-"""The SD-QKD backend registry (nodes and their KMEs), tenants' SAEs and the record of delivered key IDs.
+"""The SD-QKD backend registry (nodes and their KMEs), tenants' SAEs, the record of delivered key IDs and the
+service order every on-demand service (key stream, tunnel, TLS session) is.
 
 Key material is never stored here: only key IDs, sizes and who they were delivered to.
 """
 
 from __future__ import annotations
 
+import uuid
+from typing import ClassVar
+
 from django.db import models
 
+from tenants.meters import KEY_STREAM_SECONDS, KEY_STREAMS
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedManager
+
+
+class ServiceOrder(models.Model):
+    """Something a tenant orders that lives over time (a key stream, an IPsec tunnel, a TLS session).
+
+    One lifecycle for all of them (``services.orders``): placing one takes a slot of its concurrent meter and
+    inserts the row in one transaction; states move by conditional updates (``orders.advance``), so two workers
+    never both win a transition; finishing gives the slot back exactly once; the time spent in an active
+    state is metered in the usage ledger (``duration_meter``, split at hour boundaries).
+
+    A subclass declares its meters and which of its states are live (hold the slot) and active (metered)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False, help_text="the order's public id")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=20)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True, help_text="when it first entered an active state")
+    closed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, help_text="why it failed or was closed")
+    metered_until = models.DateTimeField(null=True, blank=True, help_text="active time metered up to here")
+
+    objects = TenantScopedManager()
+
+    order_kind: ClassVar[str]
+    concurrent_meter: ClassVar[str]
+    duration_meter: ClassVar[str | None] = None
+    initial_state: ClassVar[str]
+    live_states: ClassVar[tuple[str, ...]]
+    active_states: ClassVar[tuple[str, ...]] = ()
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in self.live_states
 
 
 class QkdNode(models.Model):
@@ -108,11 +150,13 @@ class KeyDelivery(models.Model):
         return seal(self.batch, self.key_count if count is None else count)
 
 
-class KeyStream(models.Model):
+class KeyStream(ServiceOrder):
     """An ETSI GS QKD 004 key stream between two of a tenant's SAEs, mapped onto a backend 004 stream.
 
     Only metadata lives here: the backend KME holds the stream's key material (its buffer of chunks) and the
-    portal hands a chunk from the backend to the calling SAE without keeping it.
+    portal hands a chunk from the backend to the calling SAE without keeping it. A service order: it holds a
+    ``key_streams`` slot while opened or connected, and its connected time is metered in
+    ``key_stream_seconds`` (``activated_at`` is when the peer joined).
     """
 
     class State(models.TextChoices):
@@ -121,7 +165,13 @@ class KeyStream(models.Model):
         CLOSED = "closed", "Closed"
         EXPIRED = "expired", "Expired (TTL)"
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    order_kind = "key_stream"
+    concurrent_meter = KEY_STREAMS
+    duration_meter = KEY_STREAM_SECONDS
+    initial_state = State.OPENED
+    live_states = (State.OPENED, State.CONNECTED)
+    active_states = (State.CONNECTED,)
+
     ksid = models.UUIDField(help_text="the Key_stream_ID the tenant's SAEs use")
     backend_ksid = models.UUIDField(unique=True, help_text="the Key_stream_ID at the backend KMEs")
     source = models.ForeignKey(Sae, on_delete=models.PROTECT, related_name="+", help_text="the initiating SAE")
@@ -129,11 +179,7 @@ class KeyStream(models.Model):
     backend_source_sae = models.CharField(max_length=100, help_text="the portal's SAE at the source's KME")
     backend_destination_sae = models.CharField(max_length=100)
     qos = models.JSONField(help_text="the negotiated QoS (ETSI 004 field names)")
-    state = models.CharField(max_length=10, choices=State.choices, default=State.OPENED)
-    created_at = models.DateTimeField(auto_now_add=True)
-    connected_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField()
-    closed_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.OPENED)
     next_index_source = models.PositiveIntegerField(default=0, help_text="next chunk index for the source SAE")
     next_index_destination = models.PositiveIntegerField(default=0)
     highest_index = models.IntegerField(default=-1, help_text="highest chunk index handed to either SAE")

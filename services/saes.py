@@ -1,4 +1,5 @@
-"""Tenants' SAEs: registration on a node, client certificates from the portal CA (bundle shown once)."""
+"""Tenants' SAEs: registration on a node, client certificates from the portal CA (bundle shown once), and how
+a pair of them maps onto the SAE identities the portal holds at the backend KMEs (ETSI 014 and 004 alike)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
-from portal.errors import Conflict
+from portal.errors import BadRequest, Conflict, ServiceUnavailable
 from tenants.models import Tenant
 
 from . import pki, registry
@@ -143,3 +144,49 @@ def default_sae(tenant: Tenant, node_id: str) -> Sae:
     existing = Sae.objects.for_tenant(tenant).filter(name=name).first()
     return existing or register_sae(tenant, name, node.node_id, "created for the simple REST API",
                                     with_certificate=False)
+
+
+# -- pairing tenant SAEs with the portal's backend SAEs ------------------------------------------------
+@dataclass(frozen=True)
+class BackendPair:
+    master_node: QkdNode
+    master_sae: str
+    slave_sae: str
+
+
+def tenant_sae(tenant: Tenant, name: str, role: str) -> Sae:
+    """The tenant's SAE called ``name``; another tenant's SAE is indistinguishable from none."""
+    sae = tenant_sae_named(tenant, name)
+    if sae is None:
+        raise BadRequest(f"unknown {role} SAE {name!r}")
+    return sae
+
+
+def backend_pair(master: Sae, slave: Sae) -> BackendPair:
+    """Map a pair of tenant SAEs onto the backend SAEs the portal holds at their nodes."""
+    master_ids, slave_ids = master.node.backend_sae_ids, slave.node.backend_sae_ids
+    if not master_ids or not slave_ids:
+        raise ServiceUnavailable("the portal has no SAE identity at one of the nodes; ask the operator")
+    if master.node_id == slave.node_id:
+        if len(master_ids) < 2:
+            raise BadRequest(f"node {master.node.node_id} cannot exchange keys with itself (one backend SAE)")
+        return BackendPair(master.node, master_ids[0], master_ids[1])
+    return BackendPair(master.node, master_ids[0], slave_ids[0])
+
+
+def multicast_backend_saes(pair: BackendPair, slaves: list[Sae]) -> list[str]:
+    """The backend SAE each tenant slave receives the key as: distinct ones, since the KME delivers a key once
+    per backend SAE (two tenant SAEs of one node get two of the portal's SAEs at that node).
+
+    The first slave keeps its usual backend SAE (``backend_pair``); others on a node take the node's next
+    unused portal SAE, never the master's own."""
+    used = {(pair.master_node.pk, pair.master_sae), (slaves[0].node_id, pair.slave_sae)}
+    out = [pair.slave_sae]
+    for extra in slaves[1:]:
+        free = [b for b in extra.node.backend_sae_ids if (extra.node_id, b) not in used]
+        if not free:
+            raise BadRequest(f"the portal has no further SAE identity at node {extra.node.node_id} for another "
+                             "slave of the same key; name SAEs at other nodes", details=[{"slave_SAE_ID": extra.name}])
+        used.add((extra.node_id, free[0]))
+        out.append(free[0])
+    return out

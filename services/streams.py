@@ -1,14 +1,15 @@
 """ETSI GS QKD 004 key streams as a service: ``open_connect`` / ``get_key`` / ``close`` for tenants' SAEs.
 
 A portal key stream maps onto a backend 004 stream between the portal's SAEs at the two KMEs (the same pairing
-as ETSI 014, ``delivery.backend_pair``). The backend KME holds the stream's chunks; the portal keeps metadata
+as ETSI 014, ``saes.backend_pair``). The backend KME holds the stream's chunks; the portal keeps metadata
 only (its ``KeyStream`` row: Key_stream_IDs, SAEs, negotiated QoS, expiry, indexes) and hands each chunk from
 the backend to the calling SAE without storing, caching or logging it. The backend Key_stream_ID is the
 portal's own: tenants name streams with their own IDs, so one tenant can never reach another's backend stream,
 and another tenant's Key_stream_ID is indistinguishable from an unknown one.
 
-Metering: ``key_streams`` (concurrent) is consumed on open and released once, on close or TTL expiry;
-each chunk index is metered once in ``qkd_key_bits`` (idempotency key per stream and index), whichever SAE
+A key stream is a service order (``services.orders``): ``key_streams`` (concurrent) is consumed on open and
+released once, on close or TTL expiry, and its connected time is metered in ``key_stream_seconds``; each chunk
+index is metered once in ``qkd_key_bits`` (idempotency key per stream and index), whichever SAE
 reads it first; the peer reading the same index is not charged again. Bad input is refused before anything
 reaches the backend, so it costs nothing and loses no chunk.
 
@@ -36,27 +37,22 @@ from django.utils import timezone
 
 from portal.errors import BadRequest, Forbidden, ServiceUnavailable
 from tenants import quota
+from tenants.meters import KEY_BITS
 from tenants.models import UsageRecord
 
-from . import registry
-from .delivery import backend_pair, tenant_sae
+from . import orders, registry
 from .models import KeyStream, QkdNode, Sae
+from .saes import backend_pair, tenant_sae
 from .sdqkd import client004
+from .sdqkd import etsi004_spec as spec
 from .sdqkd.client import KmeRejected, KmeUnavailable
 from .sdqkd.client004 import Kme004Client, StreamAnswer
 
 log = logging.getLogger(__name__)
 
-KEY_METER = "qkd_key_bits"
-STREAM_METER = "key_streams"
+KEY_METER = KEY_BITS
+STREAM_METER = KeyStream.concurrent_meter  # key_streams
 
-QOS_DEFAULTS: dict[str, Any] = {
-    "Key_chunk_size": 32, "Max_bps": 40000, "Min_bps": 5000, "Jitter": 10, "Priority": 0, "Timeout": 5000,
-    "TTL": 3600, "Metadata_mimetype": "application/json",
-}
-QOS_INTEGERS = ("Key_chunk_size", "Max_bps", "Min_bps", "Jitter", "Priority", "Timeout", "TTL")
-MAX_CHUNK_BYTES = 8192
-MAX_TTL_S = 7 * 24 * 3600
 MAX_WAIT_S = 10.0  # longest a get_key waits for its chunk to fall due (the backend has its own bound)
 MAX_INDEX = 2**31 - 2  # next_index (index + 1) must fit a PositiveIntegerField
 BURST_S = 1.0  # a stream may run this many seconds of Max_bps ahead of its schedule
@@ -64,15 +60,15 @@ FILL_AHEAD_S = 2.0  # the filler makes chunks due within this horizon
 MAX_AHEAD_CHUNKS = 64  # and never more than this many beyond the highest index read
 FILL_BUDGET_S = 5.0  # wall-clock budget of one filler run over all streams
 ROUTE_FIELDS = ("hops", "path")
-LIVE = (KeyStream.State.OPENED, KeyStream.State.CONNECTED)
+LIVE = KeyStream.live_states
 
 
 # -- input --------------------------------------------------------------------------------------------------
 def sae_name(uri: Any, field: str) -> str:
-    """``sae://ID``, ``qkd://ID`` or a bare SAE ID."""
-    if not isinstance(uri, str) or not uri.strip():
-        raise BadRequest(f"{field} must be an SAE URI (sae://<SAE ID>)", details=[{field: uri}])
-    return uri.split("://", 1)[1].strip("/") if "://" in uri else uri.strip()
+    try:
+        return spec.sae_from_uri(uri, field)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
 
 
 def parse_ksid(value: Any, *, required: bool = True) -> uuid.UUID | None:
@@ -101,34 +97,10 @@ def optional_int(value: Any, name: str, maximum: int = MAX_INDEX) -> int | None:
 
 
 def validate_qos(raw: Any) -> dict[str, Any]:
-    """The requested QoS with ETSI defaults filled in; refuses what no KME could honour."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise BadRequest("QoS must be an object")
-    unknown = sorted(set(raw) - set(QOS_DEFAULTS))
-    if unknown:
-        raise BadRequest("unknown QoS field(s)", details=[{"unknown": unknown}])
-    qos = {**QOS_DEFAULTS, **raw}
-    for name in QOS_INTEGERS:
-        value = qos[name]
-        if isinstance(value, float) and value.is_integer():
-            value = qos[name] = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BadRequest(f"QoS {name} must be a non-negative integer", details=[{name: value}])
-    if not 1 <= qos["Key_chunk_size"] <= MAX_CHUNK_BYTES:
-        raise BadRequest(f"QoS Key_chunk_size must be 1..{MAX_CHUNK_BYTES} bytes",
-                         details=[{"Key_chunk_size": qos["Key_chunk_size"]}])
-    if not 1 <= qos["TTL"] <= MAX_TTL_S:
-        raise BadRequest(f"QoS TTL must be 1..{MAX_TTL_S} seconds", details=[{"TTL": qos["TTL"]}])
-    if qos["Max_bps"] < 1:
-        raise BadRequest("QoS Max_bps must be at least 1")
-    if qos["Min_bps"] > qos["Max_bps"]:
-        raise BadRequest("QoS Min_bps exceeds Max_bps",
-                         details=[{"Min_bps": qos["Min_bps"], "Max_bps": qos["Max_bps"]}])
-    if not isinstance(qos["Metadata_mimetype"], str) or len(qos["Metadata_mimetype"]) > 100:
-        raise BadRequest("QoS Metadata_mimetype must be a string of at most 100 characters")
-    return qos
+    try:
+        return spec.validate_qos(raw)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
 
 
 # -- backend ------------------------------------------------------------------------------------------------
@@ -163,11 +135,11 @@ def burst_chunks(stream: KeyStream) -> int:
 def due_at(stream: KeyStream, index: int) -> datetime:
     """When chunk ``index`` may be handed out at the stream's Max_bps."""
     ahead = max(0, index + 1 - burst_chunks(stream))
-    return stream.connected_at + timedelta(seconds=ahead * chunk_bits(stream) / stream.qos["Max_bps"])
+    return stream.activated_at + timedelta(seconds=ahead * chunk_bits(stream) / stream.qos["Max_bps"])
 
 
 def last_due_index(stream: KeyStream, at: datetime) -> int:
-    elapsed = max(0.0, (at - stream.connected_at).total_seconds())
+    elapsed = max(0.0, (at - stream.activated_at).total_seconds())
     return burst_chunks(stream) - 1 + math.floor(elapsed * stream.qos["Max_bps"] / chunk_bits(stream))
 
 
@@ -192,11 +164,6 @@ def _live_stream(caller: Sae, ksid: uuid.UUID) -> KeyStream:
         raise Forbidden("the calling SAE is not an application of this key stream")
     return stream
 
-
-def metered_chunks(stream: KeyStream) -> int:
-    """Chunk indexes charged so far (from the usage ledger, the single source of truth)."""
-    return UsageRecord.objects.for_tenant(stream.tenant_id).filter(
-        idempotency_key__startswith=f"etsi004:{stream.backend_ksid}:", kind=UsageRecord.Kind.CONSUME).count()
 
 
 # -- OPEN_CONNECT -------------------------------------------------------------------------------------------
@@ -227,7 +194,7 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, pair.master_node) from None
     # The KME's QoS over ours: its counter-proposal (status 7/4) or what it granted (status 1).
-    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in QOS_DEFAULTS}}
+    negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in spec.QOS_DEFAULTS}}
     if answer.status in (client004.QOS_NOT_MET, client004.NO_QKD_CONNECTION):
         return {"status": answer.status, "Key_stream_ID": None, "QoS": negotiated}
     if answer.status != client004.PEER_NOT_CONNECTED:
@@ -236,12 +203,11 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     now = timezone.now()
     try:
         with transaction.atomic():
-            quota.consume(tenant, STREAM_METER, 1, f"etsi004-open:{backend_ksid}",
-                          reference=f"etsi004:{caller.name}->{destination.name}")
-            stream = KeyStream.objects.create(
-                tenant=tenant, ksid=ksid or uuid.uuid4(), backend_ksid=backend_ksid, source=caller,
-                destination=destination, backend_source_sae=pair.master_sae, backend_destination_sae=pair.slave_sae,
-                qos=negotiated, expires_at=now + timedelta(seconds=negotiated["TTL"]))
+            stream = orders.place(
+                KeyStream, tenant, reference=f"etsi004:{caller.name}->{destination.name}",
+                ksid=ksid or uuid.uuid4(), backend_ksid=backend_ksid, source=caller, destination=destination,
+                backend_source_sae=pair.master_sae, backend_destination_sae=pair.slave_sae, qos=negotiated,
+                expires_at=now + timedelta(seconds=negotiated["TTL"]))
     except IntegrityError:  # a concurrent open_connect took the proposed Key_stream_ID first
         _close_at_backend(pair.master_node, str(backend_ksid), pair.master_sae)
         return {"status": client004.KSID_IN_USE, "Key_stream_ID": str(ksid), "QoS": qos}
@@ -269,9 +235,7 @@ def _join(stream: KeyStream, caller: Sae, destination_name: str) -> dict[str, An
         expire(stream)
     if answer.status != client004.SUCCESSFUL:
         return _answer(stream, answer.status, QoS=stream.qos)
-    joined = KeyStream.objects.for_tenant(stream.tenant_id).filter(
-        pk=stream.pk, state=KeyStream.State.OPENED).update(state=KeyStream.State.CONNECTED,
-                                                          connected_at=timezone.now())
+    joined = orders.advance(stream, KeyStream.State.CONNECTED, expected=(KeyStream.State.OPENED,))
     if not joined:  # closed meanwhile
         return _answer(stream, client004.KSID_IN_USE, QoS=stream.qos)
     return _answer(stream, client004.SUCCESSFUL, QoS=stream.qos)
@@ -356,42 +320,23 @@ def _close_at_backend(node: QkdNode, backend_ksid: str, backend_sae: str) -> Non
         log.info("closing backend key stream %s at %s: %s", backend_ksid, node.node_id, exc.message)
 
 
-def _finish(stream: KeyStream, state: str) -> bool:
-    """Mark the stream closed/expired and give back its ``key_streams`` slot, exactly once."""
-    with transaction.atomic():
-        won = KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk, state__in=LIVE).update(
-            state=state, closed_at=timezone.now())
-        if won:
-            quota.release(stream.tenant, STREAM_METER, 1, f"etsi004-release:{stream.backend_ksid}",
-                          reference=f"etsi004:{stream.ksid}:{state}")
-    stream.state = state if won else stream.state
-    return bool(won)
-
-
 def close(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     """Close the stream at both ends (either SAE may) and release everything."""
     stream = _live_stream(caller, parse_ksid(body.get("Key_stream_ID") or body.get("key_stream_id")))
     if stream.state in LIVE:
         node, backend_sae = _backend_identity(stream, _side(stream, caller))
         _close_at_backend(node, str(stream.backend_ksid), backend_sae)
-        _finish(stream, KeyStream.State.CLOSED)
+        orders.finish(stream, KeyStream.State.CLOSED, "closed by an SAE")
     else:  # expired: closing it forgets it
         KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(state=KeyStream.State.CLOSED)
     return _answer(stream, client004.SUCCESSFUL)
 
 
 def expire(stream: KeyStream) -> bool:
+    """End a stream whose TTL has passed (``orders.expire_due`` calls this for every such stream)."""
     node, backend_sae = _backend_identity(stream, "source")
     _close_at_backend(node, str(stream.backend_ksid), backend_sae)
-    return _finish(stream, KeyStream.State.EXPIRED)
-
-
-def expire_streams(now: datetime | None = None) -> int:
-    """Expire every live stream past its TTL (periodic job, all tenants)."""
-    now = now or timezone.now()
-    due = KeyStream.objects.unscoped().select_related("tenant", "source__node", "destination__node").filter(
-        state__in=LIVE, expires_at__lte=now)
-    return sum(1 for stream in due if expire(stream))
+    return orders.finish(stream, KeyStream.State.EXPIRED, "TTL expired")
 
 
 # -- filling the backend's buffer ---------------------------------------------------------------------------

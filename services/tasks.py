@@ -2,11 +2,12 @@
 
 from celery import shared_task
 
-from . import streams
+from . import orders
 
 
 # Runs every 2 s (beat); a run left queued over 10 s is stale and is dropped, not piled up.
 @shared_task(ignore_result=True, expires=10.0)
-def maintain_key_streams() -> dict[str, int]:
-    """Expire ETSI 004 key streams past their TTL, then keep the live ones' backend buffers ahead."""
-    return {"expired": streams.expire_streams(), "prefetched": streams.fill_streams()}
+def maintain_orders() -> dict:
+    """The one periodic job of every service order type: expiry (e.g. key streams past their TTL), duration
+    metering, and each type's own upkeep (key streams: the backend buffers kept ahead)."""
+    return orders.maintain_all()

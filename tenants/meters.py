@@ -2,7 +2,8 @@
 
 A *meter* is what a service consumes (``qkd_key_bits``); a *quota key* is a meter with its window
 (``qkd_key_bits.day``). Cumulative meters are limited per day and per month; concurrent meters (tunnels,
-sessions, streams) are limited by how many are open at once and are given back with ``release``.
+sessions, streams) are limited by how many are open at once and are given back with ``release``; duration
+meters (``ipsec_tunnel_seconds``) record how long a service order was active, for billing, and limit nothing.
 """
 
 from __future__ import annotations
@@ -34,14 +35,34 @@ class Meter:
         return [quota_key(self.name, w) for w in self.windows]
 
 
+    @property
+    def is_duration(self) -> bool:
+        """A duration meter records an order's active time (service-seconds); it has no quota of its own."""
+        return not self.windows
+
+
+# The meter names, spelled once: import these instead of writing the strings.
+KEY_BITS = "qkd_key_bits"
+ENTROPY_BYTES = "entropy_bytes"
+IPSEC_TUNNELS = "ipsec_tunnels"
+TLS_SESSIONS = "tls_sessions"
+KEY_STREAMS = "key_streams"
+KEY_STREAM_SECONDS = "key_stream_seconds"
+IPSEC_TUNNEL_SECONDS = "ipsec_tunnel_seconds"
+TLS_SESSION_SECONDS = "tls_session_seconds"
+
 METERS: dict[str, Meter] = {
     m.name: m
     for m in (
-        Meter("qkd_key_bits", "bit", "QKD key bits", (Window.DAY, Window.MONTH)),
-        Meter("entropy_bytes", "byte", "QRNG entropy bytes", (Window.DAY, Window.MONTH)),
-        Meter("ipsec_tunnels", "tunnel", "Concurrent IPsec tunnels", (Window.CONCURRENT,)),
-        Meter("tls_sessions", "session", "Concurrent TLS sessions", (Window.CONCURRENT,)),
-        Meter("key_streams", "stream", "Concurrent key streams", (Window.CONCURRENT,)),
+        Meter(KEY_BITS, "bit", "QKD key bits", (Window.DAY, Window.MONTH)),
+        Meter(ENTROPY_BYTES, "byte", "QRNG entropy bytes", (Window.DAY, Window.MONTH)),
+        Meter(IPSEC_TUNNELS, "tunnel", "Concurrent IPsec tunnels", (Window.CONCURRENT,)),
+        Meter(TLS_SESSIONS, "session", "Concurrent TLS sessions", (Window.CONCURRENT,)),
+        Meter(KEY_STREAMS, "stream", "Concurrent key streams", (Window.CONCURRENT,)),
+        # Service-seconds of orders, split at hour boundaries (services.orders.meter_duration).
+        Meter(KEY_STREAM_SECONDS, "second", "Key stream time", ()),
+        Meter(IPSEC_TUNNEL_SECONDS, "second", "IPsec tunnel time", ()),
+        Meter(TLS_SESSION_SECONDS, "second", "TLS session time", ()),
     )
 }
 

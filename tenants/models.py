@@ -154,6 +154,8 @@ class UsageRecord(models.Model):
     unit = models.CharField(max_length=20)
     reference = models.CharField(max_length=200, blank=True, help_text="the service object this usage is for")
     idempotency_key = models.CharField(max_length=200)
+    order_id = models.UUIDField(null=True, blank=True,
+                                help_text="the service order (tunnel, session, key stream) this usage belongs to")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     objects = TenantScopedManager()
@@ -162,7 +164,8 @@ class UsageRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "idempotency_key"], name="uniq_usage_idempotency"),
         ]
-        indexes = [models.Index(fields=["tenant", "meter", "created_at"])]
+        indexes = [models.Index(fields=["tenant", "meter", "created_at"]),
+                   models.Index(fields=["order_id"], name="usage_order", condition=models.Q(order_id__isnull=False))]
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
@@ -202,7 +205,8 @@ class Scope(models.TextChoices):
     ENTROPY_READ = "entropy:read", "Draw QRNG entropy"
     TUNNELS_READ = "tunnels:read", "List IPsec tunnels"
     TUNNELS_WRITE = "tunnels:write", "Create and close IPsec tunnels"
-    TLS_WRITE = "tls:write", "Create TLS sessions"
+    TLS_READ = "tls:read", "List TLS sessions"
+    TLS_WRITE = "tls:write", "Create and close TLS sessions"
     BILLING_READ = "billing:read", "Read quotas, usage and bills"
     TENANT_ADMIN = "tenant:admin", "Manage members and tokens of the tenant"
     OPERATOR = "operator", "Operator actions (staff only): tenants, plans, network"

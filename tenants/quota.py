@@ -10,6 +10,7 @@ records once.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -224,7 +225,8 @@ def _add_statement(tenant: Tenant, key: str, window_start: datetime, amount: int
     return sql, params
 
 
-_LEDGER_FIELDS = ("tenant", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "created_at")
+_LEDGER_FIELDS = ("tenant", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "order_id",
+                  "created_at")
 _LEDGER_INSERT = (
     f"INSERT INTO {_qn(UsageRecord._meta.db_table)} "  # noqa: S608 - names from the model
     f"({', '.join(_qn(UsageRecord._meta.get_field(f).column) for f in _LEDGER_FIELDS)}) "
@@ -240,7 +242,7 @@ class _NotTheCommonCase(Exception):
 
 def _consume_pipelined(tenant: Tenant, meter: str, amount: int, idempotency_key: str, reference: str,
                        limits: dict[str, int], then: Callable[[UsageRecord], None] | None,
-                       now: datetime) -> UsageRecord | None:
+                       now: datetime, order_id: uuid.UUID | None = None) -> UsageRecord | None:
     """``consume``'s common case on PostgreSQL in two round trips instead of six: the windows' conditional
     ``UPDATE``s, the ledger row and ``then``'s statements are sent together (psycopg's pipeline mode), then
     ``COMMIT``. The decision is the same (each ``UPDATE`` takes its row lock and adds only within the limit).
@@ -255,7 +257,8 @@ def _consume_pipelined(tenant: Tenant, meter: str, amount: int, idempotency_key:
     import psycopg
 
     record = UsageRecord(tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=amount,
-                         unit=spec.unit, reference=reference[:200], idempotency_key=idempotency_key, created_at=now)
+                         unit=spec.unit, reference=reference[:200], idempotency_key=idempotency_key,
+                         order_id=order_id, created_at=now)
     try:
         with transaction.atomic():
             try:
@@ -269,7 +272,7 @@ def _consume_pipelined(tenant: Tenant, meter: str, amount: int, idempotency_key:
                                                             limits[key]))
                     ledger = raw.cursor()
                     ledger.execute(_LEDGER_INSERT, [tenant.pk, meter, record.kind, amount, spec.unit,
-                                                    record.reference, idempotency_key,
+                                                    record.reference, idempotency_key, order_id,
                                                     connection.ops.adapt_datetimefield_value(now)])
                     if then is not None:
                         then(record)
@@ -308,12 +311,13 @@ def _add(tenant: Tenant, key: str, window_start: datetime, amount: int, limit: i
 
 def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, reference: str = "",
             limits: dict[str, int] | None = None,
-            then: Callable[[UsageRecord], None] | None = None) -> UsageRecord:
+            then: Callable[[UsageRecord], None] | None = None, order_id: uuid.UUID | None = None) -> UsageRecord:
     """Check every quota of ``meter`` and record ``amount`` in the ledger, all or nothing.
 
     Raises ``QuotaExceeded`` (nothing recorded) when any window would go over its limit. Calling again with
     the same ``idempotency_key`` returns the first record and consumes nothing more; the returned record's
-    ``replayed`` attribute tells which case it was. ``limits``: the limits of ``meter``'s quota keys when the
+    ``replayed`` attribute tells which case it was. ``order_id``: the service order the usage belongs to.
+    ``limits``: the limits of ``meter``'s quota keys when the
     caller already read them in this request (``check``'s result or ``effective_limits``; saves queries).
 
     ``then(record)`` runs in the same transaction right after a new ledger row is written (not for a replay):
@@ -329,7 +333,7 @@ def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, refer
         raise Forbidden(f"tenant {tenant.slug!r} is suspended")
     now = timezone.now()
     if limits is not None:
-        record = _consume_pipelined(tenant, meter, amount, idempotency_key, reference, limits, then, now)
+        record = _consume_pipelined(tenant, meter, amount, idempotency_key, reference, limits, then, now, order_id)
         if record is not None:
             return record
     try:
@@ -345,7 +349,7 @@ def consume(tenant: Tenant, meter: str, amount: int, idempotency_key: str, refer
                     raise _OverLimit(key, limits[key])  # rolls back the windows already counted
             record = UsageRecord.objects.create(
                 tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=amount, unit=spec.unit,
-                reference=reference[:200], idempotency_key=idempotency_key, created_at=now,
+                reference=reference[:200], idempotency_key=idempotency_key, order_id=order_id, created_at=now,
             )
             record.replayed = False
             if then is not None:
@@ -373,6 +377,7 @@ def release(
     idempotency_key: str,
     reference: str = "",
     consumed_at: datetime | None = None,
+    order_id: uuid.UUID | None = None,
 ) -> UsageRecord:
     """Give back ``amount`` of ``meter`` (a failed delivery, a closed tunnel) as a negative ledger row.
 
@@ -396,10 +401,32 @@ def release(
                     raise Conflict(f"cannot release {amount} {spec.unit}s of {key}: more than was consumed")
             return UsageRecord.objects.create(
                 tenant=tenant, meter=meter, kind=UsageRecord.Kind.RELEASE, quantity=-amount, unit=spec.unit,
-                reference=reference[:200], idempotency_key=idempotency_key,
+                reference=reference[:200], idempotency_key=idempotency_key, order_id=order_id,
             )
     except IntegrityError:
         replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.RELEASE)
         if replay is None:
             raise
         return replay
+
+
+def record_duration(tenant: Tenant, meter: str, seconds: int, idempotency_key: str, *, at: datetime,
+                    order_id: uuid.UUID, reference: str = "") -> bool:
+    """Write one duration row (a service order's active seconds) in the ledger; False if its idempotency key
+    was written before. No quota applies and a suspended tenant's time still counts: it happened.
+
+    ``at`` is when the metered span began, so the row lands in the hour (and billing period) it belongs to.
+    Call it inside the caller's transaction (``services.orders`` moves the order's watermark in the same one)."""
+    spec = _meter(meter)
+    if not spec.is_duration:
+        raise BadRequest(f"{meter!r} is not a duration meter")
+    if seconds <= 0:
+        return False
+    try:
+        with transaction.atomic():  # a savepoint: a replay must not abort the caller's transaction
+            UsageRecord.objects.create(
+                tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=seconds, unit=spec.unit,
+                reference=reference[:200], idempotency_key=idempotency_key, order_id=order_id, created_at=at)
+    except IntegrityError:
+        return False
+    return True

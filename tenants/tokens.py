@@ -18,12 +18,12 @@ from .models import MANAGING_ROLES, ApiToken, Membership, Role, Scope, Tenant
 TOKEN_RE = re.compile(r"^qx_(?P<key>[0-9a-f]{12})\.(?P<secret>[A-Za-z0-9_-]{43})$")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
-READ_SCOPES = {Scope.KEYS_READ, Scope.TUNNELS_READ, Scope.BILLING_READ}
+READ_SCOPES = {Scope.KEYS_READ, Scope.TUNNELS_READ, Scope.TLS_READ, Scope.BILLING_READ}
 ROLE_SCOPES: dict[str, set[str]] = {
     Role.OWNER: {s.value for s in Scope} - {Scope.OPERATOR},
     Role.ADMIN: {s.value for s in Scope} - {Scope.OPERATOR},
     Role.MEMBER: {s.value for s in Scope} - {Scope.OPERATOR, Scope.TENANT_ADMIN},
-    Role.VIEWER: {Scope.TUNNELS_READ.value, Scope.BILLING_READ.value},
+    Role.VIEWER: {Scope.TUNNELS_READ.value, Scope.TLS_READ.value, Scope.BILLING_READ.value},
 }
 
 

@@ -78,10 +78,15 @@ class KeyStreamSerializer(serializers.ModelSerializer):
     key_bits_metered = serializers.SerializerMethodField(help_text="chunks_metered x Key_chunk_size x 8")
     hops = serializers.SerializerMethodField(help_text="QKD links the last chunk crossed")
     path = serializers.SerializerMethodField(help_text="nodes the last chunk crossed")
+    connected_at = serializers.DateTimeField(source="activated_at", read_only=True, allow_null=True,
+                                             help_text="when the peer SAE joined")
+    order_id = serializers.UUIDField(source="uuid", read_only=True,
+                                     help_text="the service order id (order_id of its usage records)")
 
     class Meta:
         model = KeyStream
-        fields = ["id", "Key_stream_ID", "source", "destination", "state", "QoS", "created_at", "connected_at",
+        fields = ["id", "order_id", "Key_stream_ID", "source", "destination", "state", "QoS", "created_at",
+                  "connected_at",
                   "expires_at", "closed_at", "next_index_source", "next_index_destination", "highest_index",
                   "prefetched_to", "chunks_metered", "key_bits_metered", "hops", "path"]
         read_only_fields = fields

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+
 from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -174,12 +176,11 @@ class SimpleKeyView(TenantAPIView):
             body = delivery.per_hop_keys(self.tenant, master, slave, request.query_params.get("size", 256),
                                          sae_at_node=lambda node_id: saes.default_sae(self.tenant, node_id))
             return key_response(body)
-        container = delivery.enc_keys(master, slave.name, number=1, size=request.query_params.get("size", 256))
-        key = container["keys"][0]
-        hops = (key.get("key_ID_extension") or {}).get("hops", 1)
-        return key_response({"key_ID": key["key_ID"], "key": key["key"],
-                             "size": int(request.query_params.get("size", 256)), "hops": hops, "src": master.name,
-                             "dst": slave.name})
+        # The peer copy stays at the slave's KME until the dst side fetches it by key ID.
+        pair = delivery.take_key(self.tenant, master, slave, request.query_params.get("size", 256),
+                                 reference=f"simple:{master.name}->{slave.name}", peer=False)
+        return key_response({"key_ID": pair.key_id, "key": base64.b64encode(pair.key).decode(), "size": pair.size,
+                             "hops": pair.hops, "src": master.name, "dst": slave.name})
 
 
 class SimplePeerKeyView(TenantAPIView):

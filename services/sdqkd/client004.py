@@ -17,7 +17,7 @@ from .client import KmeClient, KmeUnavailable
 
 # The 004 status codes live in one module shared with the twin; re-exported here so callers read
 # ``client004.SUCCESSFUL`` etc. beside the client that returns them.
-from .etsi004_status import (  # noqa: F401
+from .etsi004_spec import (  # noqa: F401
     INSUFFICIENT_KEY,
     KSID_IN_USE,
     METADATA_TOO_SMALL,

@@ -130,5 +130,5 @@ class QuotaStateSerializer(serializers.Serializer):
 class UsageRecordSerializer(serializers.ModelSerializer):
     class Meta:
         model = UsageRecord
-        fields = ["id", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "created_at"]
+        fields = ["id", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "order_id", "created_at"]
 

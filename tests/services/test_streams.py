@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import os
 import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from django.db import connection
 
 from services import registry, streams
 from services.models import KeyStream
-from services.tasks import maintain_key_streams
+from services.tasks import maintain_orders
 from tenants import quota
 from tenants.models import UsageRecord
 from tenants.services import set_quota_overrides
@@ -30,6 +32,12 @@ CHUNK_BITS = 256  # Key_chunk_size 32 bytes
 
 def used(tenant, quota_key: str) -> int:
     return next(s.used for s in quota.quota_states(tenant) if s.quota_key == quota_key)
+
+
+def metered_chunks(stream: KeyStream) -> int:
+    """Chunk indexes charged so far, from the usage ledger."""
+    return UsageRecord.objects.for_tenant(stream.tenant_id).filter(
+        idempotency_key__startswith=f"etsi004:{stream.backend_ksid}:", kind=UsageRecord.Kind.CONSUME).count()
 
 
 def call(lab, sae: str, op: str, method: str = "post", **data):
@@ -86,7 +94,7 @@ def test_both_saes_read_the_same_chunks_metered_once_per_index(make_lab, caplog)
     assert used(lab.tenant, "qkd_key_bits.day") == 4 * CHUNK_BITS
     records = UsageRecord.objects.for_tenant(lab.tenant).filter(meter="qkd_key_bits")
     assert sorted(r.reference for r in records) == [f"etsi004:{ksid}:{i}" for i in (0, 1, 2, 5)]
-    assert streams.metered_chunks(KeyStream.objects.for_tenant(lab.tenant).get()) == 4
+    assert metered_chunks(KeyStream.objects.for_tenant(lab.tenant).get()) == 4
 
     closed = ok(call(lab, "upm-rect", "close", Key_stream_ID=ksid))
     assert closed == {"status": 0, "Key_stream_ID": ksid}
@@ -237,11 +245,11 @@ def test_ttl_expiry_by_the_periodic_task_closes_the_backend_stream_and_releases_
     assert get_key(lab, "upm-rect", ksid)["status"] == 0
     stream = KeyStream.objects.for_tenant(lab.tenant).get()
     time.sleep(1.1)
-    assert maintain_key_streams.apply().get()["expired"] == 1
+    assert maintain_orders.apply().get()["expired"] == 1
     stream.refresh_from_db()
     assert stream.state == KeyStream.State.EXPIRED and used(lab.tenant, "key_streams") == 0
     assert get_key(lab, "upm-cait", ksid)["status"] == 6
-    assert maintain_key_streams.apply().get()["expired"] == 0  # released once
+    assert maintain_orders.apply().get()["expired"] == 0  # released once
     assert used(lab.tenant, "key_streams") == 0
     # Closed at the backend, not merely forgotten by the portal: the KME no longer knows the stream.
     with backend_twin.session("sae-cait-1", portal=True) as s:
@@ -359,7 +367,7 @@ def test_the_tenant_lists_its_streams_with_counters_never_key_material(make_lab)
     assert row["state"] == "connected" and row["source"] == "upm-cait" and row["destination"] == "upm-rect"
     assert row["QoS"]["Key_chunk_size"] == 32 and row["hops"] == 2 and row["path"] == ["CAIT", "CCS", "Rectorado"]
     # index 0 read by both SAEs is charged once: the counter equals the stream's ledger rows
-    assert row["chunks_metered"] == 2 == streams.metered_chunks(KeyStream.objects.for_tenant(lab.tenant).get(ksid=ksid))
+    assert row["chunks_metered"] == 2 == metered_chunks(KeyStream.objects.for_tenant(lab.tenant).get(ksid=ksid))
     assert row["key_bits_metered"] == 2 * CHUNK_BITS == used(lab.tenant, "qkd_key_bits.day")
     assert row["next_index_source"] == 2 and row["next_index_destination"] == 1 and row["highest_index"] == 1
     assert "backend_ksid" not in row and "key_buffer" not in row
@@ -406,3 +414,23 @@ def test_operators_see_key_streams_in_the_admin(make_lab, make_user, settings):
     detail = browser.get(f"/admin/services/keystream/{stream.pk}/change/")
     assert detail.status_code == 200
     assert browser.post(f"/admin/services/keystream/{stream.pk}/delete/").status_code == 403  # the metering trail
+
+
+def test_a_closed_streams_connected_time_is_in_the_usage_api(make_lab):
+    lab = make_lab("upm")
+    ksid = open_stream(lab)
+    join(lab, ksid)
+    stream = KeyStream.objects.for_tenant(lab.tenant).get()
+    # Connected 75 s ago (the clock of a real stream, without waiting for it).
+    KeyStream.objects.for_tenant(lab.tenant).filter(pk=stream.pk).update(
+        activated_at=stream.activated_at - timedelta(seconds=75), metered_until=None)
+    ok(call(lab, "upm-cait", "close", Key_stream_ID=ksid))
+    stream.refresh_from_db()
+    listed = ok(lab.client.get("/api/usage/", {"meter": "key_stream_seconds"}))
+    rows = listed["results"] if isinstance(listed, dict) else listed
+    assert rows and {r["order_id"] for r in rows} == {str(stream.uuid)}
+    assert all(r["unit"] == "second" for r in rows)
+    assert sum(r["quantity"] for r in rows) == (math.floor(stream.closed_at.timestamp())
+                                               - math.floor(stream.activated_at.timestamp())) >= 75
+    detail = ok(lab.client.get(f"/api/qkd/streams/{ksid}"))
+    assert detail["order_id"] == str(stream.uuid) and detail["state"] == "closed"

@@ -18,7 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from ..etsi004_status import (
+from .. import etsi004_spec as spec
+from ..etsi004_spec import (
     INSUFFICIENT_KEY,
     KSID_IN_USE,
     METADATA_TOO_SMALL,
@@ -35,26 +36,15 @@ from .routing import find_path
 
 log = logging.getLogger("twin.etsi004")
 
-QOS_DEFAULTS: dict[str, Any] = {
-    "Key_chunk_size": 32,
-    "Max_bps": 40000,
-    "Min_bps": 5000,
-    "Jitter": 10,
-    "Priority": 0,
-    "Timeout": 5000,
-    "TTL": 3600,
-    "Metadata_mimetype": "application/json",
-}
-MAX_CHUNK_BYTES = 8192
 MAX_WAIT_S = 10.0
 LOCAL_CAPACITY_BPS = 1e9  # both applications on one node: key comes from the entropy source
 
 
 def sae_from_uri(uri: Any) -> str:
-    """``sae://ID``, ``qkd://ID`` or a bare SAE ID."""
-    if not isinstance(uri, str) or not uri:
-        raise BadRequest("source and destination must be SAE URIs", [{"uri": uri}])
-    return uri.split("://", 1)[1].strip("/") if "://" in uri else uri
+    try:
+        return spec.sae_from_uri(uri)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, exc.details) from None
 
 
 @dataclass
@@ -91,20 +81,10 @@ class KeyStreams:
 
     @staticmethod
     def _qos(raw: Any) -> dict[str, Any]:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise BadRequest("QoS must be an object")
-        qos = {**QOS_DEFAULTS, **raw}
-        for name in ("Key_chunk_size", "Max_bps", "Min_bps", "Jitter", "Priority", "Timeout", "TTL"):
-            value = qos[name]
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise BadRequest("invalid QoS value", [{name: value}])
-        if not 1 <= qos["Key_chunk_size"] <= MAX_CHUNK_BYTES or qos["TTL"] <= 0:
-            raise BadRequest("invalid QoS", [{"Key_chunk_size": qos["Key_chunk_size"], "TTL": qos["TTL"]}])
-        if qos["Min_bps"] > qos["Max_bps"]:
-            raise BadRequest("Min_bps exceeds Max_bps")
-        return qos
+        try:
+            return spec.validate_qos(raw)
+        except spec.Etsi004Error as exc:
+            raise BadRequest(exc.message, exc.details) from None
 
     # -- OPEN_CONNECT ------------------------------------------------------------------------------------
     async def open_connect(self, caller: str, body: Any) -> dict[str, Any]:
