@@ -10,7 +10,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
 from portal.errors import ApiError
-from qrng import quality, reports, runtime
+from qrng import quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from tenants.models import WRITING_ROLES
 from tenants.tenancy import web_tenant
@@ -29,7 +29,8 @@ def entropy_page(request: HttpRequest) -> HttpResponse:
             if ctx.role not in WRITING_ROLES and not request.user.is_staff:
                 raise ApiError("your role cannot start quality reports")
             report = reports.start_report(ctx.tenant, int(request.POST.get("bytes") or quality.DEFAULT_REPORT_BYTES),
-                                          request.POST.get("source", ""), request.user)
+                                          request.POST.get("source", ""), request.user,
+                                          enqueue=tasks.run_quality_report.delay)
             return redirect("entropy-quality-report", report_id=report.id)
         except ApiError as exc:
             messages.error(request, exc.message)
