@@ -8,10 +8,13 @@ the enc_keys/dec_keys parameters of the GET and POST forms, and the portal's err
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from rest_framework.parsers import JSONParser
 
 from portal.errors import BadRequest, describe
 
@@ -58,12 +61,40 @@ def dec_keys_ids(query: Mapping[str, str], body: dict[str, Any] | None) -> list[
     return parse_key_ids(body.get("key_IDs"))
 
 
-def describe_etsi(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+class AnyContentTypeJSONParser(JSONParser):
+    """The body as JSON whatever its Content-Type: the standard's clients send JSON as ``text/plain``, with curl's
+    default ``application/x-www-form-urlencoded`` or with none, and a 415 is not one of 014's answers."""
+
+    media_type = "*/*"
+
+
+def standard_status(status_code: int, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """Only 200, 400, 401 and 503 on the 014 paths, as the standard's tables give them: a refused scope or a
+    suspended tenant (403) is 401, a quota or rate limit (429) is 503 with ``Retry-After`` and the quota
+    headers (the portal's own API keeps 403 and 429), any other client error 400, any server error 503."""
+    if status_code in (200, 400, 401, 503):
+        return status_code, headers
+    if status_code == 403:
+        return 401, headers
+    if status_code == 429:
+        headers = dict(headers)
+        if "Retry-After" not in headers:
+            reset = headers.get("X-RateLimit-Reset")
+            headers["Retry-After"] = str(max(1, math.ceil(int(reset) - time.time())) if reset else 1)
+        return 503, headers
+    return (503 if status_code >= 500 else 400), headers
+
+
+def describe_etsi(exc: Exception, *, standard_statuses: bool = True) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, body, headers) in the ETSI GS QKD 014 error format ``{"message", "details": [...]}``; re-raises
-    what is not one of the portal's errors (as ``portal.errors.describe``)."""
+    what is not one of the portal's errors (as ``portal.errors.describe``). ``standard_statuses``: mapped to the
+    014 paths' statuses (``standard_status``); the 004 views, which the standard gives no HTTP binding, keep
+    the portal's."""
     status_code, _code, message, details, headers = describe(exc)
     body: dict[str, Any] = {"message": message}
     if details is not None:
         body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
                                                                      else {"detail": details}]
+    if standard_statuses:
+        status_code, headers = standard_status(status_code, headers)
     return status_code, body, headers

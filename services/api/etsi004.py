@@ -78,6 +78,7 @@ RESPONSES = {400: ERROR, 401: ERROR, 403: ERROR, 429: ERROR, 503: ERROR}
 
 class StreamView(EtsiView):
     required_scope = "keys:write"
+    standard_statuses = False  # 004 has no HTTP binding of its own: the portal's 403/429 stay
 
 
 class OpenConnectView(StreamView):

@@ -13,7 +13,6 @@ from typing import Any
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,7 +20,13 @@ from rest_framework.views import APIView
 from portal.errors import ApiError, Forbidden
 from services import delivery
 from services.authentication import SaeCertificateAuthentication, token_calling_sae
-from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, request_object
+from services.etsi014 import (
+    AnyContentTypeJSONParser,
+    dec_keys_ids,
+    describe_etsi,
+    enc_keys_params,
+    request_object,
+)
 from services.models import Sae
 from tenants.authentication import BearerTokenAuthentication
 from tenants.models import ApiToken
@@ -29,8 +34,9 @@ from tenants.tenancy import resolve_tenant
 
 
 def etsi_exception_handler(exc: Exception, context: dict) -> Response | None:
+    view = context.get("view")
     try:
-        status_code, body, headers = describe_etsi(exc)
+        status_code, body, headers = describe_etsi(exc, standard_statuses=getattr(view, "standard_statuses", True))
     except Exception:
         return None
     return Response(body, status=status_code, headers=headers)
@@ -59,7 +65,8 @@ EXAMPLE_KEYS = OpenApiExample("Key container", response_only=True, value={"keys"
 class EtsiView(APIView):
     authentication_classes = [SaeCertificateAuthentication, BearerTokenAuthentication]
     permission_classes = [IsAuthenticated]
-    parser_classes = [JSONParser]
+    parser_classes = [AnyContentTypeJSONParser]
+    standard_statuses = True  # 014 paths answer only 200/400/401/503 (services.etsi014.standard_status)
     required_scope = "keys:read"
     rate_limit_scope = "keys"  # the key-delivery request bucket (tenants.ratelimit), not the management API's
 

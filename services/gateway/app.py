@@ -33,7 +33,7 @@ from django.db import DatabaseError, connections
 from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
 from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
-from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body
+from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body, standard_status
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
 from tenants.ratelimit import take
 
@@ -148,7 +148,8 @@ def etsi_view(scope: str):
             try:
                 return await handler(request, request.app["gateway"], scope, state)
             except web.HTTPException as exc:  # aiohttp's own refusals (a body over the size limit: 413)
-                return _json({"message": exc.reason}, state["headers"], exc.status)
+                status, headers = standard_status(exc.status, state["headers"])
+                return _json({"message": exc.reason}, headers, status)
             except Exception as exc:  # describe() re-raises what is not the portal's error
                 try:
                     return etsi_error(exc, state["headers"])

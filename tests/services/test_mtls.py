@@ -87,7 +87,7 @@ def test_a_suspended_tenants_sae_certificate_is_refused(https_portal, make_lab, 
     lab.tenant.status = "suspended"
     lab.tenant.save(update_fields=["status"])
     code, body = curl("--cacert", ca, "--cert", cert, "--key", key, f"{https_portal}/api/v1/keys/upm-rect/status")
-    assert code == 403 and "suspended" in body["message"]
+    assert code == 401 and "suspended" in body["message"]
 
 
 def test_the_sae_certificate_works_on_paths_the_gateway_forwards_and_cannot_be_forged_at_the_web_listener(
