@@ -57,6 +57,10 @@ def dec_keys_ids(query: Mapping[str, str], body: dict[str, Any] | None) -> list[
     if body is None:
         if not query.get("key_ID"):
             raise BadRequest("key_ID is required")
+        given = query.getlist("key_ID") if hasattr(query, "getlist") else query.getall("key_ID", [])
+        if len(given) > 1:  # the GET form takes one key ID: never silently the last of several
+            raise BadRequest("the GET form of dec_keys takes one key_ID; use POST with key_IDs for several",
+                             details=[{"key_ID": [str(k)[:40] for k in given[:8]]}])
         return parse_key_ids([{"key_ID": query["key_ID"]}])
     return parse_key_ids(body.get("key_IDs"))
 

@@ -22,7 +22,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -195,7 +195,7 @@ async def enc_keys_view(request: web.Request, gateway: Gateway, scope: str, stat
     return _json(await gateway.run(delivery.deliver, order, keys), state["headers"])
 
 
-def _fetch(credentials: tuple, scope: str, master: str, query: dict[str, str], raw: bytes | None):
+def _fetch(credentials: tuple, scope: str, master: str, query: Mapping[str, str], raw: bytes | None):
     slave, headers = _caller(credentials, scope)
     body = None if raw is None else parse_body(raw)
     return delivery.fetch_order(slave, master, dec_keys_ids(query, body)), headers
@@ -204,7 +204,7 @@ def _fetch(credentials: tuple, scope: str, master: str, query: dict[str, str], r
 @etsi_view("keys:read")
 async def dec_keys_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
     fetch, state["headers"] = await gateway.run(_fetch, _credentials(request), scope, request.match_info["sae"],
-                                                dict(request.query), await _raw_body(request))
+                                                request.query, await _raw_body(request))
     keys: list[DeliveredKey] = []
     try:
         for backend_slave, ids in fetch.by_backend.items():

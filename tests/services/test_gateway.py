@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 
 import pytest
 
@@ -355,3 +356,13 @@ def test_the_portals_own_api_keeps_403_and_429(make_lab, client_for):
     assert reader.get("/api/qkd/keys", {"src": "CAIT", "dst": "Rectorado"}).status_code == 403
     set_quota_overrides(lab.tenant, {"qkd_key_bits.day": 100, "qkd_key_bits.month": -1})
     assert lab.client.get("/api/qkd/keys", {"src": "CAIT", "dst": "Rectorado"}).status_code == 429
+
+
+def test_a_repeated_key_id_in_the_get_form_is_refused_not_the_last_taken(make_lab):
+    lab = make_lab("upm")
+    key = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={}).json()["keys"][0]
+    repeated = lab.client.get(f"/api/v1/keys/upm-cait/dec_keys?key_ID={uuid.uuid4()}&key_ID={key['key_ID']}",
+                              HTTP_X_SAE_ID="upm-rect")
+    assert repeated.status_code == 400 and "one key_ID" in repeated.json()["message"]
+    fetched = lab.client.get(f"/api/v1/keys/upm-cait/dec_keys?key_ID={key['key_ID']}", HTTP_X_SAE_ID="upm-rect")
+    assert fetched.status_code == 200 and fetched.json()["keys"][0]["key"] == key["key"]

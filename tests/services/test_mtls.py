@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 from services import registry
@@ -45,6 +46,10 @@ def test_curl_with_the_sae_bundle_gets_keys_and_the_peer_gets_the_same(https_por
     code, refused = curl("--cacert", ca, "--cert", other_cert, "--key", other_key,
                          f"{https_portal}/api/v1/keys/upm-cait/dec_keys?key_ID={key['key_ID']}")
     assert code == 401 and refused["message"] == "key not issued for the calling SAE"
+    # the GET form takes one key_ID: a repeated one is refused, not silently the last (the key stays)
+    code, repeated = curl("--cacert", ca, "--cert", slave_cert, "--key", slave_key,
+                          f"{https_portal}/api/v1/keys/upm-cait/dec_keys?key_ID={uuid.uuid4()}&key_ID={key['key_ID']}")
+    assert code == 400 and "one key_ID" in repeated["message"]
     # the slave's certificate gets the same key (GET form, as many ETSI clients use)
     code, peer = curl("--cacert", ca, "--cert", slave_cert, "--key", slave_key,
                       f"{https_portal}/api/v1/keys/upm-cait/dec_keys?key_ID={key['key_ID']}")
