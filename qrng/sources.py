@@ -1,7 +1,7 @@
 """Entropy sources: one interface, three kinds (device, http appliance, the network twin), health-tested.
 
-- ``DeviceSource``: a character device or file (``/dev/qrandom0``, ``/dev/hwrng``, the ``/dev/qrng`` module of
-  seed 001), read in large chunks with short-read handling.
+- ``DeviceSource``: a character device or file (``/dev/qrandom0``, ``/dev/hwrng``, a vendor module's
+  ``/dev/qrng``), read in large chunks with short-read handling.
 - ``HttpSource``: a QRNG appliance over REST, with a URL template, response decoders for the common shapes,
   TLS options, timeouts and exponential backoff.
 - ``TwinSource``: the emulated network's QRNG, always labelled simulated.
