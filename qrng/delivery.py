@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 
-from portal.errors import ApiError, BadRequest, QuotaExceeded, ServiceUnavailable
+from portal.errors import ApiError, BadRequest, ServiceUnavailable
 from qrng import formats, runtime
 from qrng.formats import FormatError
 from qrng.service import Draw, http_status, retry_after
 from qrng.sources import EntropySourceError
 from tenants import quota
 from tenants.meters import ENTROPY_BYTES
-from tenants.models import Tenant, UsageRecord
+from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +53,41 @@ def as_api_error(exc: Exception) -> ApiError:
     raise exc
 
 
-def _consume(tenant: Tenant, amount: int, request_id: str, reference: str) -> UsageRecord:
-    return quota.consume(tenant, METER, amount, f"entropy:{request_id}", reference=reference)
+def _metered(tenant: Tenant, minimum: int, request_id: str, take: Callable[[], Draw], what: str) -> Draw:
+    """Hold ``minimum`` bytes of the quota, draw, then settle exactly what the draw consumed (rejection sampling
+    may take more than the minimum: the excess is added within the limits, or the draw is refused and
+    dropped). Parallel draws at the limit never take more from the shared pool than the quota allows."""
+    reservation = quota.reserve(tenant, METER, max(1, minimum))
+    try:
+        try:
+            result = take()
+        except (FormatError, EntropySourceError) as exc:
+            raise as_api_error(exc) from exc
+        quota.settle(reservation, result.consumed, f"entropy:{request_id}", f"{what}: {result.consumed} bytes")
+    finally:
+        quota.release_reservation(reservation)  # a no-op once settled
+    return result
 
 
 def draw(tenant: Tenant, format: str, params: dict[str, Any], request_id: str) -> Draw:
     """A bounded request, metered once for exactly the entropy it consumed."""
     try:
         service = runtime.get_service()
-        quota.check(tenant, METER, formats.minimum_consumption(format, params))
-        result = service.draw(format, params, request_id=request_id)
+        minimum = formats.minimum_consumption(format, params)
     except (FormatError, EntropySourceError) as exc:
         raise as_api_error(exc) from exc
-    _consume(tenant, result.consumed, request_id, f"{format}: {result.consumed} bytes")
-    return result
+    return _metered(tenant, minimum, request_id, lambda: service.draw(format, params, request_id=request_id), format)
 
 
 def anu(tenant: Tenant, length: int, type: str, size: int, request_id: str) -> Draw:
     """The ANU-compatible request, metered like ``draw``."""
     try:
         service = runtime.get_service()
-        quota.check(tenant, METER, formats.anu_consumption(length, type, size))
-        result = service.anu(length, type, size, request_id=request_id)
+        minimum = formats.anu_consumption(length, type, size)
     except (FormatError, EntropySourceError) as exc:
         raise as_api_error(exc) from exc
-    _consume(tenant, result.consumed, request_id, f"anu {type}: {result.consumed} bytes")
-    return result
+    return _metered(tenant, minimum, request_id, lambda: service.anu(length, type, size, request_id=request_id),
+                    f"anu {type}")
 
 
 class MeteredStream:
@@ -90,17 +99,16 @@ class MeteredStream:
 
     def __init__(self, tenant: Tenant, n: int, encoding: str, request_id: str):
         self.tenant, self.n, self.encoding, self.request_id = tenant, n, encoding, request_id
+        reservation = quota.reserve(tenant, METER, n)  # held before the pool is drawn from
         try:
-            quota.check(tenant, METER, n)
-            self._chunks, self.provenance, self._stream = runtime.get_service().stream(
-                n, encoding, settings.QRNG_POOL_CHUNK_BYTES)
-        except (FormatError, EntropySourceError) as exc:
-            raise as_api_error(exc) from exc
-        try:
-            self.record = _consume(tenant, n, request_id, f"{encoding} stream: {n} bytes")
-        except QuotaExceeded:
-            self._chunks.close()  # the first chunk was fetched but is never served
-            raise
+            try:
+                self._chunks, self.provenance, self._stream = runtime.get_service().stream(
+                    n, encoding, settings.QRNG_POOL_CHUNK_BYTES)
+            except (FormatError, EntropySourceError) as exc:
+                raise as_api_error(exc) from exc
+            self.record = quota.settle(reservation, n, f"entropy:{request_id}", f"{encoding} stream: {n} bytes")
+        finally:
+            quota.release_reservation(reservation)  # a no-op once settled
         self._closed = False
 
     @property

@@ -141,7 +141,7 @@ class KeyOrder:
     number: int
     size: int
     backend_slaves: list[str]
-    limits: dict[str, int]
+    reservation: quota.Reservation  # the bits held in the tenant's quota until deliver() settles them
 
     def ask(self) -> dict[str, Any]:
         """The keyword arguments of the KME client's ``enc_keys`` (after the backend slave SAE)."""
@@ -162,17 +162,28 @@ def order_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = 
                          details=[{"additional_slave_SAE_IDs": additional}])
     slaves = [slave, *extra_slaves]
     backend_slaves = multicast_backend_saes(pair, slaves)
-    # Refuse before taking keys out of the pool. The limits are read once, with the counters (one query), for
-    # the pre-check and the decision: the same request, milliseconds apart.
-    limits = quota.check(tenant, METER, number * size)
-    return KeyOrder(master, slaves, pair, number, size, backend_slaves, limits)
+    # Hold the bits in the quota before any key leaves the pool: parallel requests at the limit never take
+    # more key from a KME (which other tenants share) than the quota allows.
+    reservation = quota.reserve(tenant, METER, number * size)
+    return KeyOrder(master, slaves, pair, number, size, backend_slaves, reservation)
+
+
+def abandon(order: KeyOrder) -> None:
+    """The KME did not deliver: give the held bits back."""
+    quota.release_reservation(order.reservation)
 
 
 def deliver(order: KeyOrder, keys: list[DeliveredKey]) -> dict[str, Any]:
     """Meter and record the keys the KME gave for ``order``; the key container with the tenant's key IDs."""
-    delivered = Delivery(order.master, order.slaves, keys, order.backend_slaves)
-    record_deliveries(order.master.tenant, [delivered], order.size, limits=order.limits,
-                      reference=f"etsi014:{order.master.name}->{order.slaves[0].name}")
+    try:
+        if len(keys) > order.number:
+            raise ServiceUnavailable(f"the KME returned {len(keys)} keys for {order.number}; nothing was charged")
+        delivered = Delivery(order.master, order.slaves, keys, order.backend_slaves)
+        record_deliveries(order.master.tenant, [delivered], order.size, reservation=order.reservation,
+                          reference=f"etsi014:{order.master.name}->{order.slaves[0].name}")
+    except BaseException:
+        abandon(order)  # a no-op once settled
+        raise
     return {"keys": key_container(keys, delivered.key_ids())}
 
 
@@ -182,8 +193,11 @@ def enc_keys(master: Sae, slave_name: str, *, number: Any = None, size: Any = No
                        extension_mandatory=extension_mandatory)
     try:
         keys = registry.client_for(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
-    except (KmeRejected, KmeUnavailable) as exc:
-        raise backend_error(exc, order.pair.master_node) from None
+    except BaseException as exc:
+        abandon(order)
+        if isinstance(exc, KmeRejected | KmeUnavailable):
+            raise backend_error(exc, order.pair.master_node) from None
+        raise
     return deliver(order, keys)
 
 
@@ -206,9 +220,11 @@ class Delivery:
 
 
 def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, reference: str,
-                      limits: dict[str, int] | None = None, order_id: uuid.UUID | None = None) -> UsageRecord:
+                      reservation: quota.Reservation | None = None,
+                      order_id: uuid.UUID | None = None) -> UsageRecord:
     """Meter all the keys of ``deliveries`` as one usage (one ledger row, idempotency key from every key ID of
-    the KMEs) and record them (one row per delivery and slave), in one transaction: all or nothing.
+    the KMEs) and record them (one row per delivery and slave), in one transaction: all or nothing. With a
+    ``reservation`` (held before the KMEs were asked) the bits are settled from it; without, consumed now.
 
     A malformed key ID from the KME (it goes into the database) fails before anything is recorded: the keys
     are then neither handed out nor charged."""
@@ -226,9 +242,13 @@ def record_deliveries(tenant: Tenant, deliveries: list[Delivery], size: int, ref
 
     # The key-ID rows go in inside consume's transaction (after the ledger row), so counters, ledger row and
     # key IDs commit together or not at all, in one transaction without a savepoint.
-    record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key,
-                           reference=f"{reference}:{len(key_ids)} keys", limits=limits, then=insert_rows,
-                           order_id=order_id)
+    reference = f"{reference}:{len(key_ids)} keys"
+    if reservation is not None:
+        record = quota.settle(reservation, len(key_ids) * size, idempotency_key, reference, then=insert_rows,
+                              order_id=order_id)
+    else:
+        record = quota.consume(tenant, METER, len(key_ids) * size, idempotency_key, reference=reference,
+                               then=insert_rows, order_id=order_id)
     if record.replayed:  # these key IDs were delivered (and charged) before: never hand a key out twice
         raise ServiceUnavailable("the KME returned keys that were delivered before; nothing was charged")
     return record
@@ -266,17 +286,21 @@ def take_key(tenant: Tenant, master: Sae, slave: Sae, size: Any = 256, *, refere
     master.tenant = slave.tenant = tenant
     pair = backend_pair(master, slave)
     _, size, _ = validate_key_request(_limits(pair), 1, size, None, None)
-    limits = quota.check(tenant, METER, size)
+    reservation = quota.reserve(tenant, METER, size)
     try:
-        keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
-                                                              acting_as=pair.master_sae)
-    except (KmeRejected, KmeUnavailable) as exc:
-        raise backend_error(exc, pair.master_node) from None
-    if len(keys) != 1:
-        raise ServiceUnavailable(f"the KME of {pair.master_node.node_id} returned {len(keys)} keys for one")
-    delivered = Delivery(master, [slave], keys)
-    record = record_deliveries(tenant, [delivered], size, reference or f"take-key:{master.name}->{slave.name}",
-                               limits=limits, order_id=order_id)
+        try:
+            keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
+                                                                  acting_as=pair.master_sae)
+        except (KmeRejected, KmeUnavailable) as exc:
+            raise backend_error(exc, pair.master_node) from None
+        if len(keys) != 1:
+            raise ServiceUnavailable(f"the KME of {pair.master_node.node_id} returned {len(keys)} keys for one")
+        delivered = Delivery(master, [slave], keys)
+        record = record_deliveries(tenant, [delivered], size, reference or f"take-key:{master.name}->{slave.name}",
+                                   reservation=reservation, order_id=order_id)
+    except BaseException:
+        quota.release_reservation(reservation)  # a no-op once settled
+        raise
     key_id = delivered.key_ids()[0]
     key = base64.b64decode(keys[0].key)
     peer_key = None
@@ -351,16 +375,21 @@ def per_hop_keys(tenant: Tenant, src: Sae, dst: Sae, size: Any,
         _, hop_size, _ = validate_key_request(_limits(pair), 1, size, None, None)
         hops.append((master, slave, pair, hop_size))
     size = hops[0][3]
-    limits = quota.check(tenant, METER, size * len(hops))  # before any hop takes key from a link
+    reservation = quota.reserve(tenant, METER, size * len(hops))  # held before any hop takes key from a link
     taken = []
-    for master, slave, pair, _ in hops:
-        try:
-            keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
-                                                                  acting_as=pair.master_sae)
-        except (KmeRejected, KmeUnavailable) as exc:
-            raise backend_error(exc, pair.master_node) from None
-        taken.append(Delivery(master, [slave], keys))
-    record_deliveries(tenant, taken, size, reference=f"simple-per-hop:{src.name}->{dst.name}", limits=limits)
+    try:
+        for master, slave, pair, _ in hops:
+            try:
+                keys = registry.client_for(pair.master_node).enc_keys(pair.slave_sae, number=1, size=size,
+                                                                      acting_as=pair.master_sae)
+            except (KmeRejected, KmeUnavailable) as exc:
+                raise backend_error(exc, pair.master_node) from None
+            taken.append(Delivery(master, [slave], keys))
+        record_deliveries(tenant, taken, size, reference=f"simple-per-hop:{src.name}->{dst.name}",
+                          reservation=reservation)
+    except BaseException:
+        quota.release_reservation(reservation)  # a no-op once settled
+        raise
     return {
         "mode": "per-hop", "size": size, "src": src.name, "dst": dst.name, "path": path, "hops": len(hops),
         "keys": [{"from": d.master.node.node_id, "to": d.slaves[0].node.node_id, "src": d.master.name,

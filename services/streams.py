@@ -286,9 +286,20 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
         return _answer(stream, client004.METADATA_TOO_SMALL, index=index, metadata_size_needed=predicted)
     bits = chunk_bits(stream)
     metering_key = f"etsi004:{stream.backend_ksid}:{index}"
-    limits = quota.effective_limits(stream.tenant)  # once for the pre-check and the decision of this request
+    reservation = None
     if not UsageRecord.objects.for_tenant(stream.tenant_id).filter(idempotency_key=metering_key).exists():
-        quota.check(stream.tenant, KEY_METER, bits, limits=limits)
+        # Held before the chunk leaves the backend: parallel reads at the limit never take more link key than
+        # the quota allows.
+        reservation = quota.reserve(stream.tenant, KEY_METER, bits)
+    try:
+        return _hand_out(stream, side, index, now, metadata_size, bits, metering_key, reservation)
+    finally:
+        if reservation is not None:
+            quota.release_reservation(reservation)  # a no-op once settled
+
+
+def _hand_out(stream: KeyStream, side: str, index: int, now: datetime, metadata_size: int | None, bits: int,
+              metering_key: str, reservation: quota.Reservation | None) -> dict[str, Any]:
     # Rate shaping at Max_bps: wait for the chunk to fall due within the QoS Timeout, or say status 6.
     wait = (due_at(stream, index) - now).total_seconds()
     if wait > 0:
@@ -310,9 +321,12 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
     if not answer.key_buffer or answer.index not in (None, index):
         raise ServiceUnavailable(f"the KME of {node.node_id} returned a malformed chunk")
     route = {k: answer.metadata[k] for k in ROUTE_FIELDS if answer.metadata and k in answer.metadata}
+    reference = f"etsi004:{stream.ksid}:{index}"
     with transaction.atomic():
-        record = quota.consume(stream.tenant, KEY_METER, bits, metering_key,
-                               reference=f"etsi004:{stream.ksid}:{index}", limits=limits)
+        if reservation is not None:
+            record = quota.settle(reservation, bits, metering_key, reference)
+        else:  # metered when the peer read it: a replay, nothing charged
+            record = quota.consume(stream.tenant, KEY_METER, bits, metering_key, reference=reference)
         # The stream's counter moves in the ledger's transaction and only for a new ledger row: it equals the
         # stream's ledger rows (the peer reading the same index is a replay and adds nothing).
         KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(

@@ -180,6 +180,24 @@ class UsageRecord(models.Model):
         raise ValidationError("the usage ledger is append-only")
 
 
+class QuotaReservation(models.Model):
+    """Quota held for a request while its backend works (a KME handing out keys, a QRNG drawing): counted in the
+    quota counters from ``tenants.quota.reserve`` until ``settle`` turns it into a ledger row or ``release``
+    gives it back. At rest, counters == ledger + open reservations; a reservation whose request died with its
+    process is given back by the periodic ``expire_reservations``."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    meter = models.CharField(max_length=40, choices=METER_CHOICES)
+    amount = models.BigIntegerField()
+    window_starts = models.JSONField(help_text="the start of each quota window the amount was counted in")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = TenantScopedManager()
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} holds {self.amount} {self.meter}"
+
+
 class UsageRollup(models.Model):
     """Hourly sums of the ledger per tenant and meter, rebuilt by a periodic task (for charts and bills)."""
 

@@ -9,11 +9,12 @@ records once.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
@@ -22,7 +23,7 @@ from django.utils import timezone
 from portal.errors import BadRequest, Conflict, Forbidden, QuotaExceeded
 
 from .meters import METERS, UNLIMITED, Meter, Window, quota_key, split_quota_key, window_bounds
-from .models import PlanQuota, QuotaCounter, Tenant, TenantQuotaOverride, UsageRecord
+from .models import PlanQuota, QuotaCounter, QuotaReservation, Tenant, TenantQuotaOverride, UsageRecord
 
 # Quoted names for the two hot statements written in SQL (meter_states, _add); the tenant filter is explicit there.
 _qn = connection.ops.quote_name
@@ -430,3 +431,184 @@ def record_duration(tenant: Tenant, meter: str, seconds: int, idempotency_key: s
     except IntegrityError:
         return False
     return True
+
+
+# -- reserve, then settle -----------------------------------------------------------------------------------
+# A request whose backend hands out something scarce (a KME's keys, a QRNG's entropy) holds its quota *before*
+# the backend is asked: parallel requests at a tenant's limit then never take more from a pool other tenants
+# share than the quota allows. The reservation is counted in the window counters at once (the same conditional
+# UPDATE as consume) and recorded as a row; settling deletes the row and writes the ledger row, releasing gives
+# the amount back. Counters == ledger + open reservations, always; a reservation left behind by a process that
+# died between the two steps is given back by ``expire_reservations``.
+RESERVATION_TTL_S = 300
+
+
+@dataclass(frozen=True)
+class Reservation:
+    pk: int
+    tenant: Tenant
+    meter: str
+    amount: int
+    window_starts: tuple[datetime, ...]
+    created_at: datetime
+
+
+_RES_TABLE = _qn(QuotaReservation._meta.db_table)
+_RES_COLUMNS = ", ".join(_qn(QuotaReservation._meta.get_field(f).column)
+                         for f in ("tenant", "meter", "amount", "window_starts", "created_at"))
+_RESERVATION_INSERT = (f"INSERT INTO {_RES_TABLE} ({_RES_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "  # noqa: S608
+                       f"RETURNING {_qn(QuotaReservation._meta.pk.column)}")
+_RESERVATION_DELETE = f"DELETE FROM {_RES_TABLE} WHERE {_qn(QuotaReservation._meta.pk.column)} = %s"  # noqa: S608
+
+
+def _pipeline(statements: list[tuple[str, list]], then: Callable[[], None] | None = None) -> list | None:
+    """Run ``statements`` in one transaction in psycopg's pipeline mode (one round trip, then COMMIT); the
+    cursors, or None (rolled back, nothing changed) on any database error."""
+    import psycopg
+
+    try:
+        with transaction.atomic():
+            try:
+                connection.ensure_connection()
+                raw = connection.connection
+                with raw.pipeline():
+                    cursors = []
+                    for sql, params in statements:
+                        cursors.append(raw.cursor())
+                        cursors[-1].execute(sql, params)
+                    if then is not None:
+                        then()
+                results = [(c.rowcount, c.fetchone() if c.description else None) for c in cursors]
+            except (psycopg.Error, DatabaseError) as exc:
+                raise _NotTheCommonCase from exc
+            if any(rowcount != 1 for rowcount, _ in results):
+                raise _NotTheCommonCase
+    except _NotTheCommonCase:
+        return None
+    return results
+
+
+def reserve(tenant: Tenant, meter: str, amount: int) -> Reservation:
+    """Hold ``amount`` of ``meter`` in every window before the backend is asked; ``QuotaExceeded`` (with the
+    RateLimit headers, nothing held) when it would not fit. ``settle`` or ``release_reservation`` it after."""
+    spec = _meter(meter)
+    _check_amount(amount)
+    if not tenant.is_active:
+        raise Forbidden(f"tenant {tenant.slug!r} is suspended")
+    now = timezone.now()
+    states = meter_states(tenant, meter, now)  # limits and use in one query: refuse the obvious without writing
+    for state in states:
+        if state.remaining is not None and state.remaining < amount:
+            raise _exceeded(state.quota_key, state.limit, state.unit, state.used, amount, states, now)
+    limits = {s.quota_key: s.limit for s in states}
+    starts = tuple(window_bounds(w, now)[0] for w in spec.windows)
+    keys = [quota_key(meter, w) for w in spec.windows]
+    row_params = [tenant.pk, meter, amount, json.dumps([s.isoformat() for s in starts]),
+                  connection.ops.adapt_datetimefield_value(now)]
+    pk = None
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        done = _pipeline([*(_add_statement(tenant, k, s, amount, limits[k]) for k, s in zip(keys, starts, strict=True)),
+                          (_RESERVATION_INSERT, row_params)])
+        pk = done[-1][1][0] if done else None
+    if pk is None:  # the general path: a window's first use, a race at the limit, SQLite
+        try:
+            with transaction.atomic():
+                for key, start in zip(keys, starts, strict=True):
+                    if not _add(tenant, key, start, amount, limits[key]):
+                        raise _OverLimit(key, limits[key])
+                pk = QuotaReservation.objects.create(tenant=tenant, meter=meter, amount=amount, created_at=now,
+                                                     window_starts=[s.isoformat() for s in starts]).pk
+        except _OverLimit as over:
+            states = quota_states(tenant, now, meters=[meter])
+            state = next(s for s in states if s.quota_key == over.key)
+            raise _exceeded(over.key, over.limit, spec.unit, state.used, amount, states, now) from None
+    return Reservation(pk, tenant, meter, amount, starts, now)
+
+
+def _give_back(reservation: Reservation, amount: int) -> None:
+    spec = METERS[reservation.meter]
+    for window, start in zip(spec.windows, reservation.window_starts, strict=True):
+        QuotaCounter.objects.for_tenant(reservation.tenant).filter(
+            quota_key=quota_key(reservation.meter, window), window_start=start, used__gte=amount).update(
+            used=F("used") - amount)
+
+
+def release_reservation(reservation: Reservation) -> bool:
+    """Give the whole reservation back (the backend failed, the request was refused); False when it was settled
+    or given back already. Idempotent."""
+    with transaction.atomic():
+        if not QuotaReservation.objects.for_tenant(reservation.tenant).filter(pk=reservation.pk).delete()[0]:
+            return False
+        _give_back(reservation, reservation.amount)
+    return True
+
+
+def settle(reservation: Reservation, used: int, idempotency_key: str, reference: str = "",
+           then: Callable[[UsageRecord], None] | None = None, order_id: uuid.UUID | None = None) -> UsageRecord:
+    """Turn the reservation into the ledger row of what was ``used``, in one transaction with ``then(record)``
+    (as ``consume``): less than reserved gives the rest back; more (a draw whose exact cost was known only after
+    it, such as rejection sampling) adds the excess within the limits or raises ``QuotaExceeded``, nothing
+    recorded. A replayed idempotency key gives the whole reservation back and returns the first record
+    (``replayed``); a reservation already given back (expired) is consumed anew, which may refuse it."""
+    spec = METERS[reservation.meter]
+    _check_idempotency_key(idempotency_key)
+    _check_amount(used)
+    tenant, now = reservation.tenant, timezone.now()
+    record = UsageRecord(tenant=tenant, meter=reservation.meter, kind=UsageRecord.Kind.CONSUME, quantity=used,
+                         unit=spec.unit, reference=reference[:200], idempotency_key=idempotency_key,
+                         order_id=order_id, created_at=now)
+    if connection.vendor == "postgresql" and not connection.in_atomic_block and used == reservation.amount:
+        done = _pipeline([(_RESERVATION_DELETE, [reservation.pk]),
+                          (_LEDGER_INSERT, [tenant.pk, reservation.meter, record.kind, used, spec.unit,
+                                            record.reference, idempotency_key, order_id,
+                                            connection.ops.adapt_datetimefield_value(now)])],
+                         then=None if then is None else lambda: then(record))
+        if done is not None:
+            record.pk, record.replayed = done[1][1][0], False
+            record._state.adding = False
+            return record
+    try:
+        with transaction.atomic():
+            if not QuotaReservation.objects.for_tenant(tenant).filter(pk=reservation.pk).delete()[0]:
+                raise _Expired
+            if used < reservation.amount:
+                _give_back(reservation, reservation.amount - used)
+            elif used > reservation.amount:
+                extra, limits = used - reservation.amount, effective_limits(tenant)
+                for window, start in zip(spec.windows, reservation.window_starts, strict=True):
+                    key = quota_key(reservation.meter, window)
+                    if not _add(tenant, key, start, extra, limits[key]):
+                        raise _OverLimit(key, limits[key])
+            record.save(force_insert=True)
+            record.replayed = False
+            if then is not None:
+                then(record)
+            return record
+    except _Expired:
+        return consume(tenant, reservation.meter, used, idempotency_key, reference, then=then, order_id=order_id)
+    except _OverLimit as over:
+        release_reservation(reservation)
+        states = quota_states(tenant, now, meters=[reservation.meter])
+        state = next(s for s in states if s.quota_key == over.key)
+        raise _exceeded(over.key, over.limit, spec.unit, state.used, used, states, now) from None
+    except IntegrityError:
+        release_reservation(reservation)  # the usage was recorded before: this hold was never needed
+        replay = _replayed(tenant, reservation.meter, used, idempotency_key, UsageRecord.Kind.CONSUME)
+        if replay is None:
+            raise
+        return replay
+
+
+class _Expired(Exception):
+    pass
+
+
+def expire_reservations(max_age_s: float = RESERVATION_TTL_S) -> int:
+    """Give back reservations older than ``max_age_s`` (their request died between reserve and settle)."""
+    cutoff = timezone.now() - timedelta(seconds=max_age_s)
+    stale = QuotaReservation.objects.unscoped().select_related("tenant").filter(created_at__lt=cutoff)
+    given = 0
+    for row in stale:
+        starts = tuple(datetime.fromisoformat(s) for s in row.window_starts)
+        given += release_reservation(Reservation(row.pk, row.tenant, row.meter, row.amount, starts, row.created_at))
+    return given

@@ -148,6 +148,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "expire-api-tokens": {"task": "tenants.tasks.expire_api_tokens", "schedule": 300.0},
     "rollup-usage-hourly": {"task": "tenants.tasks.rollup_usage", "schedule": 600.0},
+    "expire-quota-reservations": {"task": "tenants.tasks.expire_quota_reservations", "schedule": 60.0},
     "maintain-service-orders": {"task": "services.tasks.maintain_orders", "schedule": 2.0},
     "fill-entropy-pool": {"task": "qrng.tasks.fill_pool", "schedule": 2.0},
 }

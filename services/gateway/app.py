@@ -191,7 +191,11 @@ async def enc_keys_view(request: web.Request, gateway: Gateway, scope: str, stat
     try:
         keys = await gateway.kme(node).enc_keys(order.pair.slave_sae, **order.ask())
     except (KmeRejected, KmeUnavailable) as exc:
+        await gateway.run(delivery.abandon, order)  # the held bits back to the tenant
         raise delivery.backend_error(exc, node) from None
+    except Exception:
+        await gateway.run(delivery.abandon, order)
+        raise
     return _json(await gateway.run(delivery.deliver, order, keys), state["headers"])
 
 

@@ -115,7 +115,8 @@ def test_64_parallel_requests_near_the_quota_never_over_deliver(transactional_db
     assert not any(t.is_alive() for t in threads)
 
     assert len(outcomes) == PARALLEL
-    assert {status for status, _ in outcomes} <= {200, 429}, sorted(status for status, _ in outcomes)
+    # ETSI 014 answers quota exhaustion with 503 (it lists no 429)
+    assert {status for status, _ in outcomes} <= {200, 503}, sorted(status for status, _ in outcomes)
     delivered = [k["key_ID"] for status, keys in outcomes if status == 200 for k in keys]
     assert len(set(delivered)) == len(delivered)
     ledger = sum(UsageRecord.objects.for_tenant(lab.tenant).values_list("quantity", flat=True))
