@@ -62,6 +62,7 @@ charon {{
       path = {log}
       default = 1
       ike = 1
+      esp = {esp_log}
       flush_line = yes
     }}
   }}
@@ -179,7 +180,8 @@ class Lab:
         node = self.nodes[node_id]
         node.directory.mkdir(parents=True, exist_ok=True)
         conf = node.directory / "strongswan.conf"
-        conf.write_text(STRONGSWAN_CONF.format(vici=node.vici_socket, log=node.log_path))
+        conf.write_text(STRONGSWAN_CONF.format(vici=node.vici_socket, log=node.log_path,
+                                             esp_log=os.environ.get("IPSEC_LAB_ESP_LOG", "1")))
         node.vici_socket.unlink(missing_ok=True)
         env = {**os.environ, "STRONGSWAN_CONF": str(conf)}
         # A private mount namespace with its own /run: charon refuses to start when /run/charon.pid exists.

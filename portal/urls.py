@@ -17,6 +17,7 @@ urlpatterns = [
     path("usage/", views.usage_page, name="usage"),
     path("services/", views.services_page, name="services"),
     path("entropy/", include("qrng.urls")),
+    path("tunnels/", include("ipsec.urls")),
     path("operator/tenants/", views.operator_tenants, name="operator-tenants"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
@@ -30,4 +31,5 @@ urlpatterns = [
     path("api/qkd/network/", NetworkView.as_view(), name="qkd-network"),
     path("api/", include("services.api.urls")),
     path("api/", include("qrng.api.urls")),
+    path("api/", include("ipsec.api.urls")),
 ]

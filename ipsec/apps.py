@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class IpsecConfig(AppConfig):
+    name = "ipsec"
+    verbose_name = "Quantum-keyed IPsec tunnels"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from services import orders
+
+        from . import services
+        from .models import Tunnel
+
+        orders.register(Tunnel, maintain=services.maintain)
