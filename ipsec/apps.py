@@ -9,7 +9,7 @@ class IpsecConfig(AppConfig):
     def ready(self) -> None:
         from services import orders
 
-        from . import services
+        from . import checks, services  # noqa: F401 - checks registers the /readyz line
         from .models import Tunnel
 
         orders.register(Tunnel, maintain=services.maintain)
