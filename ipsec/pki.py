@@ -11,6 +11,7 @@ in files (mode 0600) under ``<VAR_DIR>/pki/ipsec`` and enter charon over VICI on
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import threading
 from dataclasses import dataclass
@@ -67,8 +68,15 @@ def gateway_ca() -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
                     .sign(key, hashes.SHA256()))
             pki._write_private(key_path, _pem_key(key))
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    return _load_pair(str(cert_path), str(key_path), cert_path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_pair(cert_path: str, key_path: str, _mtime: int) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """Our own files, parsed once per process (checking an RSA-3072 key costs ~0.1-1 s of CPU each time)."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None,
+                                             unsafe_skip_rsa_key_validation=True)
     return cert, key  # type: ignore[return-value]
 
 
@@ -94,3 +102,27 @@ def gateway_credentials(address: str) -> GatewayCredentials:
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return GatewayCredentials(ca_cert.public_bytes(serialization.Encoding.PEM).decode(), cert_path.read_text(),
                               key_path.read_text())
+
+
+def tunnel_identity(order_uuid: object, node_id: str) -> str:
+    """The IKE identity of one side of one tunnel (an FQDN). One per tunnel: a responder with many tunnels to the
+    same peer gateway picks the tunnel's connection (and so its PPK) by the identities in IKE_AUTH."""
+    return f"{node_id.lower()}.{order_uuid}.tunnel.qxaas"
+
+
+def tunnel_certificate(address: str, identity: str) -> str:
+    """A certificate for ``identity`` (dNSName) on the gateway's own key (no key generation: one signature)."""
+    ca_cert, ca_key = gateway_ca()
+    gateway_credentials(address)
+    slug = address.replace(":", "_")
+    cert_path = _dir() / f"gw-{slug}.crt"
+    _, key = _load_pair(str(cert_path), str(_dir() / f"gw-{slug}.key"), cert_path.stat().st_mtime_ns)
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(identity))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -36,7 +36,7 @@ from tenants.models import Tenant
 
 from . import lab, vici_driver
 from .models import IpsecGateway, Tunnel, TunnelKeyEvent
-from .pki import gateway_credentials
+from .pki import gateway_credentials, tunnel_certificate, tunnel_identity
 
 log = logging.getLogger(__name__)
 S = Tunnel.State
@@ -85,6 +85,12 @@ def register_lab(built: lab.Lab, pools: dict[str, list[str]] | None = None) -> l
         out.append(gw)
     IpsecGateway.objects.filter(source="lab").exclude(pk__in=[g.pk for g in out]).update(enabled=False)
     return out
+
+
+def ensure_credentials(gw: IpsecGateway) -> None:
+    """The gateway's key and trust anchor, loaded once per charon life (a restarted charon lost them)."""
+    if not vici_driver.has_private_key(gw.vici_uri):
+        load_credentials(gw)
 
 
 def load_credentials(gw: IpsecGateway) -> None:
@@ -230,13 +236,15 @@ def _load(tunnel: Tunnel, key: bytes) -> None:
     """The connection and the PPK into both gateways (B, the responder, first)."""
     gw_a, gw_b = _sides(tunnel)
     ppk = vici_driver.ppk_id(tunnel.uuid)
+    ids = {gw.node_id: tunnel_identity(tunnel.uuid, gw.node_id) for gw in (gw_a, gw_b)}
+    certs = {gw.node_id: tunnel_certificate(gw.address, ids[gw.node_id]) for gw in (gw_a, gw_b)}
     for me, peer, mine, theirs in ((gw_b, gw_a, tunnel.subnet_b, tunnel.subnet_a),
                                    (gw_a, gw_b, tunnel.subnet_a, tunnel.subnet_b)):
-        load_credentials(me)
+        ensure_credentials(me)
         vici_driver.load_tunnel(me.vici_uri, tunnel.conn_name, local_addr=me.address, remote_addr=peer.address,
                                 local_ts=mine, remote_ts=theirs, esp_proposal=tunnel.esp_proposal, ppk=ppk,
-                                cert_pem=gateway_credentials(me.address).cert_pem,
-                                peer_cert_pem=gateway_credentials(peer.address).cert_pem)
+                                cert_pem=certs[me.node_id], peer_cert_pem=certs[peer.node_id],
+                                local_id=ids[me.node_id], remote_id=ids[peer.node_id])
         vici_driver.load_ppk(me.vici_uri, tunnel.conn_name, ppk, key)
 
 
@@ -418,7 +426,7 @@ def restore(tunnel: Tunnel) -> int:
     remove_everywhere(tunnel)
     try:
         for gw in _sides(tunnel):
-            load_credentials(gw)  # a restarted charon lost them
+            ensure_credentials(gw)  # a restarted charon lost them
         _establish(tunnel, TunnelKeyEvent.Kind.RESTORE)
     except (_Failed, vici_driver.GatewayUnavailable, vici_driver.GatewayError) as exc:
         attempts = tunnel.restore_attempts + 1

@@ -111,6 +111,12 @@ def load_credentials(uri: str, *, ca_pem: str, key_pem: str) -> None:
         s.load_key({"type": "any", "data": key_pem})
 
 
+def has_private_key(uri: str) -> bool:
+    """Whether a private key was loaded over VICI (a restarted charon has none)."""
+    with session(uri) as s:
+        return bool(s.get_keys().get("keys"))
+
+
 def algorithms(uri: str) -> set[str]:
     """The algorithm plugins' names this charon has (e.g. ``AES_GCM_16``), to check ESP proposals."""
     with session(uri) as s:
@@ -123,18 +129,19 @@ def algorithms(uri: str) -> set[str]:
 
 # -- a tunnel -----------------------------------------------------------------------------------------------
 def load_tunnel(uri: str, name: str, *, local_addr: str, remote_addr: str, local_ts: str, remote_ts: str,
-                esp_proposal: str, ppk: str, cert_pem: str, peer_cert_pem: str, start_action: str = "none") -> None:
-    """The connection, authenticated by certificates (ids: the gateways' addresses), with the QKD key as an
-    RFC 8784 PPK that must be used (``ppk_required``). No automatic rekey or reauth: the portal re-keys with a
-    fresh QKD key itself; ``unique = never`` lets the make-before-break SA overlap the old one."""
+                esp_proposal: str, ppk: str, cert_pem: str, peer_cert_pem: str, local_id: str | None = None,
+                remote_id: str | None = None, start_action: str = "none") -> None:
+    """The connection, authenticated by certificates (ids: the tunnel's own, else the gateways' addresses), with
+    the QKD key as an RFC 8784 PPK that must be used (``ppk_required``). No automatic rekey or reauth: the portal
+    re-keys with a fresh QKD key itself; ``unique = never`` lets the make-before-break SA overlap the old one."""
     conn = {
         "version": "2", "local_addrs": [local_addr], "remote_addrs": [remote_addr], "proposals": IKE_PROPOSALS,
         "ppk_id": ppk, "ppk_required": "yes", "reauth_time": "0", "rekey_time": "0", "unique": "never",
         "dpd_delay": "2s", "keyingtries": "1", "send_certreq": "no",
         # Both certificates are loaded on both sides, so none travels in IKE_AUTH: the response fits one packet
         # (no IKE fragments) and the initiator installs the new CHILD SA sooner (docs/ipsec.md, the re-key race).
-        "local": {"auth": "pubkey", "id": local_addr, "certs": [cert_pem]},
-        "remote": {"auth": "pubkey", "id": remote_addr, "certs": [peer_cert_pem]},
+        "local": {"auth": "pubkey", "id": local_id or local_addr, "certs": [cert_pem]},
+        "remote": {"auth": "pubkey", "id": remote_id or remote_addr, "certs": [peer_cert_pem]},
         "children": {name: {"local_ts": [local_ts], "remote_ts": [remote_ts], "esp_proposals": [esp_proposal],
                             "mode": "tunnel", "rekey_time": "0", "life_time": "0", "start_action": start_action,
                             "dpd_action": "clear", "close_action": "none"}},
