@@ -26,3 +26,12 @@ def test_the_lab_names_what_is_missing(monkeypatch):
 @pytest.mark.parametrize("path", [[("A", "B"), ("B", "C")]])
 def test_shortest_path_goes_through_the_trusted_node(path):
     assert lab.shortest_path(path, "A", "C") == ["A", "B", "C"]
+
+
+def test_the_page_and_readyz_say_why_ipsec_is_unavailable(client, make_tenant, member):  # noqa: F811
+    tenant = make_tenant("upm")
+    client.force_login(member(tenant, "owner"))
+    page = client.get("/tunnels/")
+    assert page.status_code == 200 and b"IPsec is unavailable" in page.content and b"/api/tunnels/" in page.content
+    ready = client.get("/readyz").json()
+    assert ready["checks"]["ipsec"]["backend"].startswith("unavailable: no IPsec gateway is registered")
