@@ -8,6 +8,7 @@ IPsec stays unavailable while everything else runs. ``down`` tears the lab down.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from django.core.management.base import BaseCommand
 from ipsec import lab
 from ipsec.models import IpsecGateway
 
-PREFIX = os.environ.get("IPSEC_LAB_PREFIX", "qxrun")
+
+def prefix() -> str:
+    """``IPSEC_LAB_PREFIX``, else one derived from the var dir: stable for one installation (a crashed run's
+    namespaces are found again), different for two checkouts or a smoke test's temporary var dir."""
+    if os.environ.get("IPSEC_LAB_PREFIX"):
+        return os.environ["IPSEC_LAB_PREFIX"]
+    return "qx" + hashlib.sha1(str(Path(settings.VAR_DIR).resolve()).encode()).hexdigest()[:6]  # noqa: S324 - a name
 TOPOLOGIES = Path(__file__).resolve().parents[3] / "services" / "sdqkd" / "topologies"
 
 
@@ -39,14 +46,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, action: str, **options) -> None:
         if action == "down":
-            removed = lab.clean_stale(PREFIX)
+            removed = lab.clean_stale(prefix())
             IpsecGateway.objects.filter(source="lab").update(enabled=False, reachable=False)
             self.stdout.write(f"IPsec lab: removed {len(removed)} namespaces")
             return
         if action == "status":
             from ipsec import services
 
-            self.stdout.write(services.unavailable_reason() or "IPsec lab: available")
+            names = [] if lab.unavailable_reason() else [ns for ns in lab.namespaces()
+                                                          if ns.startswith(f"{prefix()}-")]
+            self.stdout.write(services.unavailable_reason() or f"IPsec: available; lab namespaces: {' '.join(names)}")
             return
         reason = lab.unavailable_reason()
         if reason:
@@ -56,8 +65,8 @@ class Command(BaseCommand):
         from ipsec import services
 
         nodes, links = topology()
-        built = lab.build(nodes, links, PREFIX, Path(settings.VAR_DIR) / "ipsec-lab")
+        built = lab.build(nodes, links, prefix(), Path(settings.VAR_DIR) / "ipsec-lab")
         services.register_lab(built)
         summary = services.reconcile()
         self.stdout.write(f"IPsec lab up: {', '.join(f'{n.node_id} {n.address}' for n in built.nodes.values())} "
-                          f"(namespaces {PREFIX}-*); reconciled: {summary}")
+                          f"(namespaces {built.prefix}-*); reconciled: {summary}")
