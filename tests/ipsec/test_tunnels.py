@@ -210,3 +210,20 @@ def test_reconcile_removes_orphans_from_the_gateways(gateways):
     services.reconcile()
     assert not vici_driver.holds(gw.vici_uri, name)
     assert IpsecGateway.objects.get(pk=gw.pk).reachable
+
+
+def test_per_hop_key_path_takes_one_key_per_qkd_link(ipsec_lab, gateways, tenant_api,
+                                                     django_capture_on_commit_callbacks):
+    tenant, client = tenant_api("upm")
+    response = order(client, django_capture_on_commit_callbacks, key_path="per-hop")
+    assert response.status_code == 202, response.content
+    tunnel = Tunnel.objects.for_tenant(tenant).get(uuid=response.json()["id"])
+    assert tunnel.state == "up", tunnel.reason
+    assert len(tunnel.current_key_id.split(",")) == 2  # CAIT-CCS and CCS-Rectorado
+    assert ping(ipsec_lab, 3) == (3, 3)
+    bits = UsageRecord.objects.for_tenant(tenant).filter(meter="qkd_key_bits", order_id=tunnel.uuid)
+    assert sum(r.quantity for r in bits) == 512
+    with django_capture_on_commit_callbacks(execute=True):
+        client.delete(f"/api/tunnels/{tunnel.uuid}/")
+    tunnel.refresh_from_db()
+    assert tunnel.state == "closed" and nothing_left(gateways, tunnel) and slots_used(tenant) == 0
