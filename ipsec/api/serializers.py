@@ -11,7 +11,7 @@ class TunnelKeyEventSerializer(serializers.ModelSerializer):
 
 
 class TunnelCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False, default="", help_text="your label")
+    name = serializers.CharField(max_length=100, required=False, default="", allow_blank=True, help_text="your label")
     node_a = serializers.CharField(max_length=100, help_text="node of side A (its gateway initiates)")
     node_b = serializers.CharField(max_length=100, help_text="node of side B")
     subnet_a = serializers.CharField(max_length=50, help_text="your subnet behind node A (CIDR, in its pools)")
