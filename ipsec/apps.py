@@ -12,4 +12,4 @@ class IpsecConfig(AppConfig):
         from . import checks, services  # noqa: F401 - checks registers the /readyz line
         from .models import Tunnel
 
-        orders.register(Tunnel, maintain=services.maintain)
+        orders.register(Tunnel, expire=services.expire, maintain=services.maintain)

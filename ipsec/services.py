@@ -502,6 +502,12 @@ def close(tunnel_pk: int) -> Tunnel:
     return tunnel
 
 
+def expire(tunnel: Tunnel) -> bool:
+    """A tunnel past its ``expires_at`` (the order lifecycle's hook): removed from the gateways, then expired."""
+    remove_everywhere(tunnel)
+    return orders.finish(tunnel, S.EXPIRED, "expired")
+
+
 # -- probe --------------------------------------------------------------------------------------------------
 PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received")
 RTT_RE = re.compile(r"time=([\d.]+) ms")
