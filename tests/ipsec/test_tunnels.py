@@ -108,6 +108,16 @@ def test_a_tunnel_from_order_to_close(ipsec_lab, gateways, tenant_api, django_ca
         sa = vici_driver.list_sas(gw[node].vici_uri)[tunnel.conn_name]
         assert sa.ppk and sa.up and sa.ike_sas == 1  # the old SAs are gone
 
+    # The Tunnels page: state, counters, the key ID in use and the re-key history (key IDs only).
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(get_user_model().objects.get(username="upm-owner"))
+    page = browser.get("/tunnels/").content.decode()
+    assert tunnel_id in page and tunnel.current_key_id in page and all(k in page for k in key_ids)
+    assert "Probe" in page and "/api/tunnels/" in page
+
     # A dead charon: degraded at the next look; back up (a fresh key) once it returns.
     ipsec_lab.stop_charon("Rectorado", signal.SIGKILL)
     services.monitor()
