@@ -60,6 +60,8 @@ def main() -> int:
     for name, cmd in commands(port).items():
         children[name] = subprocess.Popen(cmd, cwd=BASE_DIR)  # noqa: S603 - our own fixed commands
         print(f"[runstack] started {name} (pid {children[name].pid})", flush=True)
+    # The IPsec lab (namespaces + one charon per node; needs root and strongSwan, else IPsec says unavailable).
+    subprocess.run([sys.executable, "manage.py", "ipsec_lab", "up"], cwd=BASE_DIR, check=False)
     if os.environ.get("QXAAS_DEMO") and "twin" in children:
         # make run: give the demo tenant SAEs with certificate bundles once the twin is up.
         subprocess.run([sys.executable, "manage.py", "demo_saes"], cwd=BASE_DIR, check=False)
@@ -85,6 +87,7 @@ def main() -> int:
             print(f"[runstack] {name} did not stop in time; killing it", flush=True)
             child.kill()
             child.wait()
+    subprocess.run([sys.executable, "manage.py", "ipsec_lab", "down"], cwd=BASE_DIR, check=False)
     print("[runstack] stopped", flush=True)
     return exit_code
 

@@ -16,6 +16,7 @@ urlpatterns = [
     path("", include("tenants.urls")),
     path("services/", include("services.urls")),
     path("entropy/", include("qrng.urls")),
+    path("tunnels/", include("ipsec.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("accounts/", include("allauth.urls")),
@@ -27,4 +28,5 @@ urlpatterns = [
     path("api/", include("tenants.api.urls")),
     path("api/", include("services.api.urls")),
     path("api/", include("qrng.api.urls")),
+    path("api/", include("ipsec.api.urls")),
 ]

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "tenants",
     "services",
     "qrng",
+    "ipsec",
 ]
 
 MIDDLEWARE = [
@@ -152,6 +153,10 @@ CELERY_BEAT_SCHEDULE = {
     "maintain-service-orders": {"task": "services.tasks.maintain_orders", "schedule": 2.0},
     "fill-entropy-pool": {"task": "qrng.tasks.fill_pool", "schedule": 2.0},
 }
+
+# --- IPsec tunnels (ipsec app) -----------------------------------------------------------------------
+# The shortest re-key interval a tenant may order (each re-key takes a fresh QKD key and a new IKE SA).
+IPSEC_MIN_REKEY_INTERVAL_S = env.int("IPSEC_MIN_REKEY_INTERVAL_S", default=30)
 
 # --- Auth (django-allauth with MFA) ---------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
