@@ -53,6 +53,9 @@ class TlsSession(ServiceOrder):
     grace_seconds = models.PositiveIntegerField(default=30, help_text="how long old keys stay valid")
     sae_a = models.ForeignKey(Sae, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     sae_b = models.ForeignKey(Sae, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    sae_master = models.ForeignKey(
+        Sae, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="bring-your-own: the portal's SAE of this session that takes each key for both endpoints")
     client_port = models.PositiveIntegerField(null=True, blank=True, help_text="A's plaintext port")
     server_port = models.PositiveIntegerField(null=True, blank=True, help_text="B's TLS port")
     key_id = models.CharField(max_length=64, blank=True, help_text="the current key ID = PSK identity")

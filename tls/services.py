@@ -23,17 +23,20 @@ import ipaddress
 import itertools
 import logging
 import socket
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from portal.errors import ApiError, BadRequest, Conflict
 from services import delivery, orders, registry
-from services.saes import default_sae
+from services.saes import SaeBundle, default_sae, register_sae, revoke_certificate
+from services.sdqkd.client import KmeRejected, KmeUnavailable
 from tenants.models import Tenant
 
 from .endpoints import EndpointError, Node, PairSpec, Supervisor, free_port
@@ -45,6 +48,7 @@ LIVE = TlsSession.live_states
 KEY_SIZES = (128, 192, 256, 384, 512)
 MAX_GRACE_S = 3600
 SUPERVISE_LOCK = "tls:supervise"
+RELATED = ("tenant", "node_a", "node_b", "sae_a__node", "sae_b__node", "sae_master__node")
 
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -137,9 +141,11 @@ def validate(tenant: Tenant, data: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the lifecycle ------------------------------------------------------------------------------------------
-def open_session(tenant: Tenant, data: dict[str, Any]) -> TlsSession:
+def open_session(tenant: Tenant, data: dict[str, Any]) -> tuple[TlsSession, list[SaeBundle]]:
     """Check the request and place the order (``QuotaExceeded`` when no slot is free); provisioning is
-    enqueued after the commit."""
+    enqueued after the commit. Bring-your-own: the session's own SAEs are made in the same transaction, one
+    per endpoint with a client certificate (the bundles, returned here, are shown once) and one the portal
+    takes the keys as; a refusal leaves none behind."""
     fields = validate(tenant, data)
 
     def enqueue(session: TlsSession) -> None:
@@ -147,16 +153,59 @@ def open_session(tenant: Tenant, data: dict[str, Any]) -> TlsSession:
 
         tasks.provision.delay(str(session.uuid))
 
-    return orders.place(TlsSession, tenant, reference=f"tls:{fields['node_a'].node_id}->{fields['node_b'].node_id}",
-                        on_commit=enqueue, **fields)
+    bundles: list[SaeBundle] = []
+    with transaction.atomic():
+        session = orders.place(TlsSession, tenant, on_commit=enqueue,
+                               reference=f"tls:{fields['node_a'].node_id}->{fields['node_b'].node_id}", **fields)
+        if session.mode == TlsSession.Mode.BYO:
+            stem = f"tls-{session.uuid.hex[:12]}"
+            a, b = fields["node_a"].node_id, fields["node_b"].node_id
+            bundles = [register_sae(tenant, f"{stem}-a", a, f"TLS session {session.uuid}: endpoint A"),
+                       register_sae(tenant, f"{stem}-b", b, f"TLS session {session.uuid}: endpoint B")]
+            master = register_sae(tenant, f"{stem}-k", a, f"TLS session {session.uuid}: the portal's key taker",
+                                  with_certificate=False)
+            session.sae_a, session.sae_b, session.sae_master = bundles[0].sae, bundles[1].sae, master
+            session.save(update_fields=["sae_a", "sae_b", "sae_master"])
+    return session, bundles
 
 
 def session_by_uuid(session_uuid: str) -> TlsSession | None:
-    return (TlsSession.objects.unscoped().select_related("tenant", "node_a", "node_b", "sae_a", "sae_b")
-            .filter(uuid=session_uuid).first())
+    return (TlsSession.objects.unscoped().select_related(*RELATED).filter(uuid=session_uuid).first())
 
 
-def _take_key(session: TlsSession, why: str) -> delivery.KeyPair:
+@dataclass(frozen=True)
+class Taken:
+    key_id: str
+    size: int
+    key: bytes | None = field(default=None, repr=False)  # managed only: the PSK for the endpoints' files
+
+
+def _take_key(session: TlsSession, why: str) -> Taken:
+    if session.mode == TlsSession.Mode.BYO:
+        return _take_byo_key(session, why)
+    pair = _take_pair(session, why)
+    return Taken(pair.key_id, pair.size, pair.key)
+
+
+def _take_byo_key(session: TlsSession, why: str) -> Taken:
+    """One key for both endpoints of a bring-your-own session: taken at node A's KME by the session's own
+    master SAE and delivered (ETSI 014 multicast) to both endpoint SAEs, which fetch it with ``dec_keys``
+    and their own certificates. Metered once, with the order id. The portal's copy is dropped here."""
+    for sae in (session.sae_master, session.sae_a, session.sae_b):
+        sae.tenant = session.tenant
+    order = delivery.order_keys(session.sae_master, session.sae_b.name, number=1, size=session.key_size,
+                                additional_slave_sae_ids=[session.sae_a.name])
+    try:
+        keys = registry.client_for(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
+    except (KmeRejected, KmeUnavailable) as exc:
+        raise delivery.backend_error(exc, order.pair.master_node) from None
+    taken = delivery.Delivery(order.master, order.slaves, keys, order.backend_slaves)
+    delivery.record_deliveries(session.tenant, [taken], order.size, reference=f"tls:{session.uuid}:{why}",
+                               limits=order.limits, order_id=session.uuid)
+    return Taken(taken.key_ids()[0], order.size)
+
+
+def _take_pair(session: TlsSession, why: str) -> delivery.KeyPair:
     sae_a = session.sae_a or default_sae(session.tenant, session.node_a.node_id)
     sae_b = session.sae_b or default_sae(session.tenant, session.node_b.node_id)
     session.sae_a, session.sae_b = sae_a, sae_b
@@ -169,10 +218,20 @@ def _spec(session: TlsSession) -> PairSpec:
                     session.target_port, placement(session.node_a.node_id), placement(session.node_b.node_id))
 
 
-def _fail(session: TlsSession, reason: str) -> None:
+def _stop(session: TlsSession) -> None:
+    """Managed: stop the endpoints and remove their files. Bring-your-own: retire the endpoint credentials."""
     if session.mode == TlsSession.Mode.MANAGED:
         supervisor().stop(str(session.uuid))
+    else:
+        for sae in (session.sae_a, session.sae_b):
+            if sae is not None:
+                sae.tenant = session.tenant
+                revoke_certificate(sae)
     _retire_all(session)
+
+
+def _fail(session: TlsSession, reason: str) -> None:
+    _stop(session)
     orders.finish(session, State.FAILED, reason)
     log.warning("TLS session %s failed: %s", session.uuid, reason)
 
@@ -205,9 +264,7 @@ def provision(session_uuid: str) -> TlsSession | None:
             _fail(session, f"the endpoints did not start: {exc}")
             return session
     if not orders.advance(session, State.ACTIVE, expected=(State.PROVISIONING,), **fields):
-        # Closed while provisioning: the close did not see the endpoints; stop them here.
-        supervisor().stop(str(session.uuid))
-        _retire_all(session)
+        _stop(session)  # closed while provisioning: the close did not see the endpoints
     return session
 
 
@@ -244,9 +301,7 @@ def close(session: TlsSession, state: str = State.CLOSED, reason: str = "closed 
     """Stop the endpoints, remove every key file, end the order (slot back, time metered): once."""
     if not orders.advance(session, State.CLOSING, expected=LIVE):
         return False
-    if session.mode == TlsSession.Mode.MANAGED:
-        supervisor().stop(str(session.uuid))
-    _retire_all(session)
+    _stop(session)
     return orders.finish(session, state, reason)
 
 
@@ -328,8 +383,7 @@ def supervise() -> dict[str, int]:
         sup = supervisor()
         on_disk = sup.names()  # before the query: every directory listed belongs to a row committed by now
         now = timezone.now()
-        sessions = list(TlsSession.objects.unscoped().select_related("tenant", "node_a", "node_b", "sae_a", "sae_b")
-                        .filter(state__in=LIVE))
+        sessions = list(TlsSession.objects.unscoped().select_related(*RELATED).filter(state__in=LIVE))
         for session in sessions:
             try:
                 _supervise_one(sup, session, now, out)

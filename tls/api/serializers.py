@@ -41,13 +41,17 @@ class TlsSessionSerializer(serializers.ModelSerializer):
     sae_a = serializers.SlugRelatedField(slug_field="name", read_only=True,
                                          help_text="your SAE at node A the keys are delivered to")
     sae_b = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    master_sae = serializers.SlugRelatedField(
+        source="sae_master", slug_field="name", read_only=True,
+        help_text="bring-your-own: the master_SAE_ID the endpoints name in ETSI 014 dec_keys")
     rotations = TlsRotationSerializer(many=True, read_only=True, help_text="every key of the session, oldest first")
 
     class Meta:
         model = TlsSession
         fields = ["id", "state", "reason", "mode", "node_a", "node_b", "target", "key_size", "rotate_seconds",
                   "rotate_bytes", "grace_seconds", "psk_identity", "client_endpoint", "server_endpoint", "sae_a",
-                  "sae_b", "restarts", "created_at", "activated_at", "rotated_at", "closed_at", "rotations"]
+                  "sae_b", "master_sae", "restarts", "created_at", "activated_at", "rotated_at", "closed_at",
+                  "rotations"]
         read_only_fields = fields
 
     def get_target(self, session: TlsSession) -> str | None:
@@ -63,3 +67,32 @@ class TlsSessionSerializer(serializers.ModelSerializer):
 
     def get_server_endpoint(self, session: TlsSession) -> str | None:
         return self._endpoint(session, session.node_b.node_id, session.server_port)
+
+
+class EndpointCredentialSerializer(serializers.Serializer):
+    endpoint = serializers.ChoiceField(choices=["a", "b"], help_text="a: the client side; b: the server side")
+    sae = serializers.CharField(help_text="the SAE ID of this endpoint of this session")
+    certificate = serializers.CharField(help_text="its client certificate (PEM)")
+    private_key = serializers.CharField(help_text="its private key (PEM); shown only in this response")
+    ca_chain = serializers.CharField(help_text="the portal CA (PEM)")
+
+
+class TlsSessionCreatedSerializer(TlsSessionSerializer):
+    endpoint_credentials = EndpointCredentialSerializer(
+        many=True, read_only=True, required=False,
+        help_text="bring-your-own only: one credential per endpoint, scoped to it (shown once)")
+
+    class Meta(TlsSessionSerializer.Meta):
+        fields = [*TlsSessionSerializer.Meta.fields, "endpoint_credentials"]
+
+
+class EndpointKeySerializer(serializers.Serializer):
+    """What a bring-your-own endpoint asks the portal for: which key to fetch, never the key itself."""
+
+    id = serializers.UUIDField(help_text="the session")
+    state = serializers.CharField()
+    endpoint = serializers.ChoiceField(choices=["a", "b"])
+    psk_identity = serializers.CharField(help_text="the current key ID: the PSK identity, and the key_ID to fetch")
+    master_SAE_ID = serializers.CharField(help_text="the master SAE to name in dec_keys")
+    key_size = serializers.IntegerField(help_text="bits")
+    dec_keys = serializers.CharField(help_text="the ETSI 014 path that returns this endpoint's copy of the key")

@@ -14,4 +14,5 @@ urlpatterns = [
             name="tls-session-close"),
     re_path(rf"^tls/sessions/{UUID}/rotate/?$", views.TlsSessionViewSet.as_view({"post": "rotate"}),
             name="tls-session-rotate"),
+    re_path(rf"^tls/sessions/{UUID}/endpoint-key/?$", views.EndpointKeyView.as_view(), name="tls-endpoint-key"),
 ]

@@ -3,14 +3,26 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins
 from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from portal.api.base import TenantScopedViewSet
-from portal.errors import BadRequest, Conflict
+from portal.errors import BadRequest, Conflict, Forbidden, NotFound
+from services.authentication import SaeCertificateAuthentication, token_calling_sae
+from services.models import Sae
+from tenants.authentication import BearerTokenAuthentication
+from tenants.models import ApiToken
+from tenants.tenancy import resolve_tenant
 from tls import services
 from tls.models import TlsSession
 
-from .serializers import TlsSessionRequestSerializer, TlsSessionSerializer
+from .serializers import (
+    EndpointKeySerializer,
+    TlsSessionCreatedSerializer,
+    TlsSessionRequestSerializer,
+    TlsSessionSerializer,
+)
 
 ERRORS = {
     400: OpenApiResponse(description="bad input: unknown node, unreachable or disallowed target, rotation too "
@@ -44,15 +56,20 @@ class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
 
     @extend_schema(
         summary="Order a TLS session (provisioned by a worker: requested -> provisioning -> active)",
-        request=TlsSessionRequestSerializer, responses={202: TlsSessionSerializer, **ERRORS},
+        request=TlsSessionRequestSerializer, responses={202: TlsSessionCreatedSerializer, **ERRORS},
         examples=[OpenApiExample("Managed, rotating every 60 s", request_only=True, value={
             "node_a": "CAIT", "node_b": "Rectorado", "target": "127.0.0.1:8080", "rotate_seconds": 60})])
     def create(self, request):
         if not isinstance(request.data, dict):
             raise BadRequest("the request body must be a JSON object")
-        session = services.open_session(self.tenant, dict(request.data))
+        session, bundles = services.open_session(self.tenant, dict(request.data))
         session.refresh_from_db()  # provisioning may have run already (eager workers)
-        return Response(TlsSessionSerializer(session).data, status=202)
+        data = TlsSessionSerializer(session).data
+        if bundles:
+            data["endpoint_credentials"] = [
+                {"endpoint": end, "sae": b.sae.name, "certificate": b.certificate, "private_key": b.private_key,
+                 "ca_chain": b.ca_chain} for end, b in zip("ab", bundles, strict=True)]
+        return Response(data, status=202, headers={"Cache-Control": "no-store"})
 
     @extend_schema(summary="Close: stop the endpoints, remove the keys, free the slot", request=None,
                    responses={200: TlsSessionSerializer, 409: OpenApiResponse(description="already ended")})
@@ -74,3 +91,36 @@ class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
                            details={"state": session.state})
         session.refresh_from_db()
         return Response(TlsSessionSerializer(session).data)
+
+
+class EndpointKeyView(APIView):
+    """Bring-your-own: an endpoint of a session asks which key is current, with its own credential (its SAE
+    certificate, or an API token with keys:read naming the SAE in X-SAE-ID). It then fetches its copy of the
+    key through ETSI 014 ``dec_keys``, which only this SAE can do, once."""
+
+    authentication_classes = [SaeCertificateAuthentication, BearerTokenAuthentication]
+    permission_classes = [IsAuthenticated]
+    rate_limit_scope = "keys"
+
+    @extend_schema(summary="Bring-your-own endpoint: the current PSK identity and where to fetch its key",
+                   tags=["tls"], responses={200: EndpointKeySerializer,
+                                            404: OpenApiResponse(description="not a session of this endpoint")})
+    def get(self, request, uuid=None):
+        if isinstance(request.auth, Sae):
+            resolve_tenant(request)
+            caller = request.auth
+        elif isinstance(request.auth, ApiToken):
+            caller = token_calling_sae(resolve_tenant(request), request.headers.get("X-SAE-ID"), "keys:read")
+        else:
+            raise Forbidden("an SAE certificate or an API token is required")
+        session = (TlsSession.objects.for_tenant(caller.tenant_id).select_related("sae_master")
+                   .filter(uuid=uuid, mode=TlsSession.Mode.BYO).first())
+        if session is None or caller.pk not in (session.sae_a_id, session.sae_b_id):
+            raise NotFound("no such TLS session for this endpoint")  # another session's: the same answer
+        if not session.key_id:
+            raise Conflict(f"the session has no key yet (state {session.state})", details={"state": session.state})
+        master = session.sae_master.name
+        return Response({"id": session.uuid, "state": session.state,
+                         "endpoint": "a" if caller.pk == session.sae_a_id else "b",
+                         "psk_identity": session.key_id, "master_SAE_ID": master, "key_size": session.key_size,
+                         "dec_keys": f"/api/v1/keys/{master}/dec_keys?key_ID={session.key_id}"})
