@@ -126,7 +126,7 @@ def cert_stunnel(tmp: Path, target: int) -> tuple[subprocess.Popen, int, str]:
     conf = tmp / "cert.conf"
     # The managed server endpoint's options (tls.endpoints), with a certificate in place of the PSK.
     conf.write_text("\n".join([
-        "foreground = yes", f"output = {tmp / 'cert.log'}", "syslog = no", "debug = notice", "[cert]",
+        "foreground = yes", f"output = {tmp / 'cert.log'}", "syslog = no", "debug = warning", "[cert]",
         f"accept = 127.0.0.1:{port}", f"connect = 127.0.0.1:{target}", f"cert = {cert}", f"key = {key}",
         "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1", "sslVersionMin = TLSv1.3", "curves = X25519",
         "options = NO_TICKET"]) + "\n")

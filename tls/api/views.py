@@ -30,11 +30,16 @@ ERRORS = {
     403: OpenApiResponse(description="the token lacks tls:write, or the role cannot write"),
     429: OpenApiResponse(description="no free tls_sessions slot (RateLimit-Policy / RateLimit headers)"),
 }
+READ_ERRORS = {403: OpenApiResponse(description="the token lacks tls:read"),
+               404: OpenApiResponse(description="no such session in this tenant")}
+WRITE_ERRORS = {403: ERRORS[403], 404: READ_ERRORS[404]}
 
 
 @extend_schema_view(
-    list=extend_schema(summary="The tenant's TLS sessions (newest first; ?state= filters)"),
-    retrieve=extend_schema(summary="One TLS session: state, endpoints, key IDs of every rotation"),
+    list=extend_schema(summary="The tenant's TLS sessions (newest first; ?state= filters)",
+                       responses={200: TlsSessionSerializer(many=True), 400: ERRORS[400], 403: READ_ERRORS[403]}),
+    retrieve=extend_schema(summary="One TLS session: state, endpoints, key IDs of every rotation",
+                           responses={200: TlsSessionSerializer, **READ_ERRORS}),
 )
 class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
     """Quantum-keyed TLS 1.3 sessions: QKD keys as external PSKs with X25519 (psk_dhe_ke)."""
@@ -72,7 +77,8 @@ class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         return Response(data, status=202, headers={"Cache-Control": "no-store"})
 
     @extend_schema(summary="Close: stop the endpoints, remove the keys, free the slot", request=None,
-                   responses={200: TlsSessionSerializer, 409: OpenApiResponse(description="already ended")})
+                   responses={200: TlsSessionSerializer, 409: OpenApiResponse(description="already ended"),
+                              **WRITE_ERRORS})
     @action(detail=True, methods=["post"])
     def close(self, request, uuid=None):
         session = self.get_object()
@@ -80,7 +86,7 @@ class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         return Response(TlsSessionSerializer(services.close_for_tenant(session)).data)
 
     @extend_schema(summary="Rotate now: a new QKD key and PSK identity (established connections keep the old)",
-                   request=None, responses={200: TlsSessionSerializer,
+                   request=None, responses={200: TlsSessionSerializer, **WRITE_ERRORS,
                                             409: OpenApiResponse(description="not active, or no key now")})
     @action(detail=True, methods=["post"])
     def rotate(self, request, uuid=None):
@@ -103,8 +109,11 @@ class EndpointKeyView(APIView):
     rate_limit_scope = "keys"
 
     @extend_schema(summary="Bring-your-own endpoint: the current PSK identity and where to fetch its key",
-                   tags=["tls"], responses={200: EndpointKeySerializer,
-                                            404: OpenApiResponse(description="not a session of this endpoint")})
+                   tags=["tls"], responses={
+                       200: EndpointKeySerializer, 401: OpenApiResponse(description="no credential"),
+                       403: OpenApiResponse(description="a token without keys:read, or no X-SAE-ID"),
+                       404: OpenApiResponse(description="not a session of this endpoint"),
+                       409: OpenApiResponse(description="no key yet (still provisioning)")})
     def get(self, request, uuid=None):
         if isinstance(request.auth, Sae):
             resolve_tenant(request)
