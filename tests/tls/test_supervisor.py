@@ -81,3 +81,25 @@ def test_rotation_by_bytes_counts_the_traffic_of_finished_connections(tls_lab, t
     session = tls_lab.tls.get(f"/api/tls/sessions/{sid}").json()
     assert session["rotations"][-1]["reason"] == "bytes"
     tls_lab.tls.post(f"/api/tls/sessions/{sid}/close")
+
+
+def test_the_page_shows_state_endpoints_and_key_ids_never_a_key(tls_lab, target, tls_dir, settings,
+                                                                django_capture_on_commit_callbacks, admin_client):
+    settings.QXAAS_REQUIRE_STAFF_MFA = False
+    from django.test import Client
+
+    sid = order(tls_lab, target, django_capture_on_commit_callbacks)
+    session = tls_lab.tls.get(f"/api/tls/sessions/{sid}").json()
+    key_hex = (Path(tls_dir) / sid / "server.psk").read_text().split(":", 1)[1].strip()
+    browser = Client()
+    browser.force_login(tls_lab.owner)
+    listing = browser.get("/tls/").content.decode()
+    assert sid[:8] in listing and session["psk_identity"] in listing
+    page = browser.get(f"/tls/{sid}/").content.decode()
+    assert session["psk_identity"] in page and "openssl s_client" in page and "/close" in page
+    assert session["client_endpoint"].rsplit(":", 1)[1] in page and key_hex not in page
+    pk = TlsSession.objects.for_tenant(tls_lab.tenant).get(uuid=sid).pk
+    admin = admin_client.get(f"/admin/tls/tlssession/{pk}/change/")
+    assert admin.status_code == 200, admin.status_code
+    assert session["psk_identity"].encode() in admin.content and key_hex.encode() not in admin.content
+    tls_lab.tls.post(f"/api/tls/sessions/{sid}/close")
