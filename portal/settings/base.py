@@ -213,6 +213,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Key streams and TLS sessions both have a "state" field with their own states: each its own enum.
+    "ENUM_NAME_OVERRIDES": {"TlsSessionStateEnum": "tls.models.TlsSession.State"},
     "SCHEMA_PATH_PREFIX": r"/api/",
 }
 
