@@ -23,6 +23,7 @@ import ipaddress
 import itertools
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -141,21 +142,16 @@ def validate(tenant: Tenant, data: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the lifecycle ------------------------------------------------------------------------------------------
-def open_session(tenant: Tenant, data: dict[str, Any]) -> tuple[TlsSession, list[SaeBundle]]:
-    """Check the request and place the order (``QuotaExceeded`` when no slot is free); provisioning is
-    enqueued after the commit. Bring-your-own: the session's own SAEs are made in the same transaction, one
-    per endpoint with a client certificate (the bundles, returned here, are shown once) and one the portal
-    takes the keys as; a refusal leaves none behind."""
+def open_session(tenant: Tenant, data: dict[str, Any],
+                 provision: Callable[[TlsSession], None]) -> tuple[TlsSession, list[SaeBundle]]:
+    """Check the request and place the order (``QuotaExceeded`` when no slot is free); ``provision(session)``
+    runs after the commit (the caller enqueues ``tls.tasks.provision``). Bring-your-own: the session's own SAEs
+    are made in the same transaction, one per endpoint with a client certificate (the bundles, returned here,
+    are shown once) and one the portal takes the keys as; a refusal leaves none behind."""
     fields = validate(tenant, data)
-
-    def enqueue(session: TlsSession) -> None:
-        from . import tasks
-
-        tasks.provision.delay(str(session.uuid))
-
     bundles: list[SaeBundle] = []
     with transaction.atomic():
-        session = orders.place(TlsSession, tenant, on_commit=enqueue,
+        session = orders.place(TlsSession, tenant, on_commit=provision,
                                reference=f"tls:{fields['node_a'].node_id}->{fields['node_b'].node_id}", **fields)
         if session.mode == TlsSession.Mode.BYO:
             stem = f"tls-{session.uuid.hex[:12]}"

@@ -4,14 +4,14 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from portal.views import _web_tenant
+from tenants.tenancy import web_tenant
 
 from .models import TlsSession
 
 
 @login_required
 def sessions_page(request: HttpRequest, session_uuid=None) -> HttpResponse:
-    ctx = _web_tenant(request)
+    ctx = web_tenant(request)
     context: dict = {"tenant_context": ctx, "sessions": [], "session": None,
                      "api_base": request.build_absolute_uri("/api/tls/sessions")}
     if ctx is not None:

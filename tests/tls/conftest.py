@@ -11,8 +11,6 @@ import threading
 import pytest
 
 from portal.celery_app import app
-from tests.services.conftest import Lab, backend_twin, make_lab, network  # noqa: F401 - fixtures
-from tests.tenants.conftest import client_for, make_tenant, make_user, member, plan  # noqa: F401 - fixtures
 from tls import services
 from tls.endpoints import Supervisor
 
@@ -71,7 +69,7 @@ def eager():
 
 
 @pytest.fixture
-def tls_lab(make_lab, member, client_for, tls_dir, eager):  # noqa: F811
+def tls_lab(make_lab, member, client_for, tls_dir, eager):
     lab = make_lab("acme")
     user = member(lab.tenant, "acme-tls")
     lab.tls = client_for(user, lab.tenant, TLS_SCOPES)

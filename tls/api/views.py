@@ -7,14 +7,14 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.api.base import TenantScopedViewSet
 from portal.errors import BadRequest, Conflict, Forbidden, NotFound
 from services.authentication import SaeCertificateAuthentication, token_calling_sae
 from services.models import Sae
+from tenants.api.base import TenantScopedViewSet
 from tenants.authentication import BearerTokenAuthentication
 from tenants.models import ApiToken
 from tenants.tenancy import resolve_tenant
-from tls import services
+from tls import services, tasks
 from tls.models import TlsSession
 
 from .serializers import (
@@ -67,7 +67,8 @@ class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
     def create(self, request):
         if not isinstance(request.data, dict):
             raise BadRequest("the request body must be a JSON object")
-        session, bundles = services.open_session(self.tenant, dict(request.data))
+        session, bundles = services.open_session(self.tenant, dict(request.data),
+                                                 provision=lambda s: tasks.provision.delay(str(s.uuid)))
         session.refresh_from_db()  # provisioning may have run already (eager workers)
         data = TlsSessionSerializer(session).data
         if bundles:
