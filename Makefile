@@ -16,6 +16,7 @@ venv: $(VENV)/.installed
 
 ## Set up and run the whole system on the embedded defaults (SQLite, filesystem broker, QKD network twin).
 run: venv
+	bash -c '. scripts/services.sh && install_debs stunnel4 openssl'  # TLS sessions' endpoints
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py bootstrap_demo

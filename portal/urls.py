@@ -29,4 +29,6 @@ urlpatterns = [
     path("api/", include("services.api.urls")),
     path("api/", include("qrng.api.urls")),
     path("api/", include("ipsec.api.urls")),
+    path("api/", include("tls.api.urls")),
+    path("tls/", include("tls.urls")),
 ]

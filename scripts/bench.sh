@@ -6,13 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
 
-install_debs postgresql redis-server curl
+install_debs postgresql redis-server curl stunnel4 openssl
 make --no-print-directory venv
 start_services bench
 OUT="$(pwd)/var/bench"
 mkdir -p "$OUT"
 ALL="twin_bringup twin_kme gateway_overhead gateway_concurrency etsi004_streams qrng_health qrng_stream qrng_api
-     protocol_throughput ipsec_tunnels"
+     protocol_throughput ipsec_tunnels tls_sessions"
 for name in ${ONLY:-$ALL}; do
   args_var="BENCH_ARGS_$name"
   echo "== bench/$name.py ${!args_var:-}"

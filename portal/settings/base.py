@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "services",
     "qrng",
     "ipsec",
+    "tls",
 ]
 
 MIDDLEWARE = [
@@ -220,6 +221,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Key streams and TLS sessions both have a "state" field with their own states: each its own enum.
+    "ENUM_NAME_OVERRIDES": {"TlsSessionStateEnum": "tls.models.TlsSession.State"},
     "SCHEMA_PATH_PREFIX": r"/api/",
 }
 
@@ -245,6 +248,15 @@ QRNG_POOL_KEY = env.str("QRNG_POOL_KEY", default="qxaas:qrng:pool")  # Redis key
 # A filler thread in each process keeps its local pool full, so requests are served from memory and the source
 # read overlaps socket writes (without Redis; with Redis, beat fills the shared pool). bench/qrng_api.py measures both.
 QRNG_POOL_FILLER_THREAD = env.bool("QRNG_POOL_FILLER_THREAD", default=True)
+
+# --- TLS sessions (tls app, docs/tls.md) -------------------------------------------------------------
+TLS_STATE_DIR = env.str("TLS_STATE_DIR", default=str(VAR_DIR / "tls"))  # private (0700): endpoint PSK files
+TLS_NODES = env.json("TLS_NODES", default={})  # {"CAIT": {"netns": "swa", "address": "10.99.0.1"}}: loopback if unset
+TLS_ALLOWED_TARGETS = env.list("TLS_ALLOWED_TARGETS", default=["127.0.0.0/8", "::1/128", "localhost"])
+TLS_TARGET_CHECK_TIMEOUT = env.float("TLS_TARGET_CHECK_TIMEOUT", default=2.0)
+TLS_MIN_ROTATE_SECONDS = env.int("TLS_MIN_ROTATE_SECONDS", default=10)
+TLS_MIN_ROTATE_BYTES = env.int("TLS_MIN_ROTATE_BYTES", default=1 << 20)
+TLS_GRACE_SECONDS = env.int("TLS_GRACE_SECONDS", default=30)
 
 # --- i18n, static -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

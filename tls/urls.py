@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.sessions_page, name="tls-sessions"),
+    path("<uuid:session_uuid>/", views.sessions_page, name="tls-session"),
+]
