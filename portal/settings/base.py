@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "tenants",
     "services",
     "qrng",
+    "billing",
 ]
 
 MIDDLEWARE = [
@@ -148,6 +149,11 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-usage-hourly": {"task": "tenants.tasks.rollup_usage", "schedule": 600.0},
     "maintain-service-orders": {"task": "services.tasks.maintain_orders", "schedule": 2.0},
     "fill-entropy-pool": {"task": "qrng.tasks.fill_pool", "schedule": 2.0},
+    # Billing: thin tasks over billing.invoices / thresholds / webhooks (each idempotent).
+    "billing-close-periods": {"task": "billing.tasks.close_periods", "schedule": 600.0},
+    "billing-refresh-drafts": {"task": "billing.tasks.refresh_drafts", "schedule": 300.0},
+    "billing-quota-thresholds": {"task": "billing.tasks.check_quota_thresholds", "schedule": 60.0},
+    "billing-retry-webhooks": {"task": "billing.tasks.retry_webhooks", "schedule": 30.0},
 }
 
 # --- Auth (django-allauth with MFA) ---------------------------------------------------------------
@@ -252,6 +258,16 @@ STORAGES = {
 }
 
 # --- Logging: structured enough to grep, never key material or token secrets -------------------------
+# --- Billing (docs/billing.md) ---------------------------------------------------------------------
+BILLING_OPERATOR = env.str("BILLING_OPERATOR", default="qxaas")          # names the gap-free number sequences
+BILLING_INVOICE_PREFIX = env.str("BILLING_INVOICE_PREFIX", default="INV")
+BILLING_CREDIT_NOTE_PREFIX = env.str("BILLING_CREDIT_NOTE_PREFIX", default="CN")
+BILLING_GRACE_HOURS = env.int("BILLING_GRACE_HOURS", default=72)          # late usage lands in its period
+BILLING_DEFAULT_TIMEZONE = env.str("BILLING_DEFAULT_TIMEZONE", default="UTC")
+BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="EUR")
+BILLING_WEBHOOK_BACKOFF_SECONDS = env.int("BILLING_WEBHOOK_BACKOFF_SECONDS", default=30)
+BILLING_WEBHOOK_MAX_ATTEMPTS = env.int("BILLING_WEBHOOK_MAX_ATTEMPTS", default=8)
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 CELERY_JOB_LOG_LEVEL = env.str("CELERY_JOB_LOG_LEVEL", default="WARNING")
 LOGGING = {
