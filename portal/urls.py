@@ -30,4 +30,6 @@ urlpatterns = [
     path("api/qkd/network/", NetworkView.as_view(), name="qkd-network"),
     path("api/", include("services.api.urls")),
     path("api/", include("qrng.api.urls")),
+    path("api/", include("billing.api.urls")),
+    path("billing/", include("billing.urls")),
 ]
