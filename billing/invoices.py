@@ -45,8 +45,15 @@ def grace() -> timedelta:
 
 
 def account_for(tenant: Tenant) -> BillingAccount:
+    """The tenant's billing account, created on first use: billing starts when the tenant does, or when its plan
+    got its first price book if that was later (no empty invoices for the months before prices existed)."""
+    account = BillingAccount.objects.for_tenant(tenant).filter(tenant=tenant).first()
+    if account is not None:
+        return account
+    first_book = PriceBook.objects.filter(plan_id=tenant.plan_id).order_by("effective_from").first()
+    starts_at = max(tenant.created_at, first_book.effective_from) if first_book else tenant.created_at
     account, _ = BillingAccount.objects.for_tenant(tenant).get_or_create(
-        tenant=tenant, defaults={"starts_at": tenant.created_at, "timezone": settings.BILLING_DEFAULT_TIMEZONE})
+        tenant=tenant, defaults={"starts_at": starts_at, "timezone": settings.BILLING_DEFAULT_TIMEZONE})
     return account
 
 

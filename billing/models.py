@@ -142,6 +142,17 @@ class BillingAccount(models.Model):
     def __str__(self) -> str:
         return f"{self.tenant_id}: monthly from day {self.anchor_day} ({self.timezone})"
 
+    def save(self, *args, **kwargs) -> None:
+        """The period grid (anchor day, time zone, start) is fixed once an invoice exists: moving it would make
+        periods overlap the invoiced ones."""
+        if self.pk is not None:
+            stored = BillingAccount.objects.unscoped().get(pk=self.pk)
+            moved = (stored.anchor_day, stored.timezone, stored.starts_at) != (self.anchor_day, self.timezone,
+                                                                                self.starts_at)
+            if moved and Invoice.objects.for_tenant(self.tenant_id).exists():
+                raise ValidationError("the billing period settings cannot change once the tenant has invoices")
+        super().save(*args, **kwargs)
+
     def clean(self) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 

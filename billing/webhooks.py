@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -24,6 +27,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from portal.errors import BadRequest
 from tenants.models import Tenant
 
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -52,6 +56,25 @@ def verify(secret: str, body: bytes, header: str, tolerance: int = 300, now: flo
         return False
     expected = sign(secret, body, timestamp).split("v1=", 1)[1]
     return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def check_url(url: str) -> None:
+    """A tenant's endpoint must be http(s) and, unless ``BILLING_WEBHOOK_ALLOW_PRIVATE``, resolve only to public
+    addresses: the portal must not be made to POST into the operator's own network (loopback, private,
+    link-local, metadata addresses). Checked when the endpoint is saved and again before every attempt."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("a webhook URL is http:// or https:// with a host")
+    if settings.BILLING_WEBHOOK_ALLOW_PRIVATE:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise BadRequest(f"cannot resolve {parts.hostname!r}") from None
+    for info in infos:
+        if not ipaddress.ip_address(info[4][0]).is_global:
+            raise BadRequest(f"{parts.hostname!r} resolves to a non-public address; webhooks go to public hosts")
 
 
 def _endpoints(tenant: Tenant | None, event: str) -> list[WebhookEndpoint]:
@@ -105,11 +128,15 @@ def attempt(delivery_id: int, now: datetime | None = None) -> WebhookDelivery | 
     started = time.monotonic()
     code, error = None, ""
     try:
+        if delivery.endpoint.tenant_id is not None:
+            check_url(delivery.endpoint.url)
         response = requests.post(delivery.endpoint.url, data=body, headers=headers, timeout=REQUEST_TIMEOUT,
                                  allow_redirects=False)
         code = response.status_code
     except requests.RequestException as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
+    except BadRequest as exc:
+        error = f"refused: {exc.message}"[:1000]
     number = delivery.attempts + 1
     WebhookAttempt.objects.create(delivery=delivery, number=number, at=now, status_code=code, error=error,
                                   duration_ms=int((time.monotonic() - started) * 1000))

@@ -163,6 +163,13 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
         fields = ["id", "url", "events", "active", "created_at"]
         read_only_fields = ["id", "created_at"]
 
+    def validate_url(self, value: str) -> str:
+        from billing.webhooks import check_url
+
+        if self.context.get("tenant_owned", True):
+            check_url(value)
+        return value
+
 
 class WebhookEndpointSecretSerializer(WebhookEndpointSerializer):
     secret = serializers.CharField(read_only=True, help_text="the signing secret: shown only when created")

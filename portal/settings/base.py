@@ -267,6 +267,8 @@ BILLING_DEFAULT_TIMEZONE = env.str("BILLING_DEFAULT_TIMEZONE", default="UTC")
 BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="EUR")
 BILLING_WEBHOOK_BACKOFF_SECONDS = env.int("BILLING_WEBHOOK_BACKOFF_SECONDS", default=30)
 BILLING_WEBHOOK_MAX_ATTEMPTS = env.int("BILLING_WEBHOOK_MAX_ATTEMPTS", default=8)
+# Tenants' webhook URLs may point at loopback/private addresses only when this is set (a lab, tests).
+BILLING_WEBHOOK_ALLOW_PRIVATE = env.bool("BILLING_WEBHOOK_ALLOW_PRIVATE", default=False)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 CELERY_JOB_LOG_LEVEL = env.str("CELERY_JOB_LOG_LEVEL", default="WARNING")

@@ -132,8 +132,11 @@ def test_operator_issues_a_credit_note_through_the_api(world):
     assert world["ca"].get(f"/api/billing/invoices/{inv.pk}/").json()["credited"] == "2.50"
 
 
-def test_webhook_endpoints_per_tenant(world, client_for):
+def test_webhook_endpoints_per_tenant(world, client_for, settings):
     ca = world["ca"]
+    refused = ca.post("/api/billing/webhooks/", {"url": "http://127.0.0.1:9/hook"}, format="json")
+    assert refused.status_code == 400 and "non-public" in refused.json()["error"]["message"]
+    settings.BILLING_WEBHOOK_ALLOW_PRIVATE = True
     created = ca.post("/api/billing/webhooks/", {"url": "http://127.0.0.1:9/hook", "events": ["invoice.finalized"]},
                       format="json")
     assert created.status_code == 201 and created.json()["secret"].startswith("whsec_")

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from billing import invoices, thresholds, webhooks
 from billing.models import BillingAccount, QuotaAlert, WebhookDelivery, WebhookEndpoint
+from portal.errors import BadRequest
 from tenants import quota
 from tenants.services import set_plan_limits
 from tests.conftest import uses_postgres
@@ -56,6 +57,11 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def loopback_allowed(settings):
+    settings.BILLING_WEBHOOK_ALLOW_PRIVATE = True  # the receivers are on loopback
 
 
 @pytest.fixture
@@ -103,6 +109,22 @@ def test_gives_up_after_max_attempts_and_refuses_stale_signatures(billed, settin
     assert not webhooks.verify(endpoint.secret, b"{}", header)  # replayed an hour later
 
 
+def test_tenant_endpoints_on_private_addresses_are_refused_by_default(billed, receiver, settings):
+    settings.BILLING_WEBHOOK_ALLOW_PRIVATE = False
+    endpoint = WebhookEndpoint.objects.create(tenant=billed, url=receiver.url)  # e.g. saved before the rule
+    [delivery] = webhooks.emit("quota.threshold", billed, {}, event_id="e-ssrf")
+    done = webhooks.attempt(delivery.pk)
+    assert done.last_status_code is None and "non-public" in done.attempt_log.get().error
+    assert receiver.received == []  # nothing was sent into the operator's network
+    for url in (receiver.url, "http://169.254.169.254/latest", "http://10.1.2.3/x", "ftp://example.org/x"):
+        with pytest.raises(BadRequest):
+            webhooks.check_url(url)
+    operator = WebhookEndpoint.objects.create(tenant=None, url=receiver.url)  # the operator's own: trusted
+    [op_delivery] = [d for d in webhooks.emit("quota.threshold", billed, {}, event_id="e-op")
+                     if d.endpoint_id == operator.pk]
+    assert webhooks.attempt(op_delivery.pk).last_status_code == 500 and endpoint.pk != operator.pk
+
+
 def test_operator_endpoints_get_every_tenants_events_and_tenants_only_their_own(billed, make_tenant):
     other = make_tenant("other")
     mine = WebhookEndpoint.objects.create(tenant=billed, url="http://127.0.0.1:9/a")
@@ -141,7 +163,7 @@ def test_a_celery_worker_retries_a_failed_delivery(make_tenant, plan, receiver, 
     db = connection.settings_dict
     env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'].replace('/', '%2F')}/{db['NAME']}",
            "DJANGO_SETTINGS_MODULE": "portal.settings.base", "QXAAS_VAR_DIR": str(tmp_path),
-           "BILLING_WEBHOOK_BACKOFF_SECONDS": "1"}
+           "BILLING_WEBHOOK_BACKOFF_SECONDS": "1", "BILLING_WEBHOOK_ALLOW_PRIVATE": "true"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "--loglevel", "INFO",
          "-Q", "celery"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
