@@ -316,3 +316,19 @@ def test_optional_key_request_fields_may_be_null_or_empty(make_lab, body):
     response = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data=body)
     assert response.status_code == 200, response.content
     assert len(response.json()["keys"]) == 1 and used_bits(lab.tenant) == 256  # the defaults: 1 key of key_size
+
+
+def test_status_advertises_the_multicast_the_portal_can_serve(make_lab):
+    lab = make_lab("upm")
+    status = lab.etsi("upm-cait", "get", "upm-rect/status").json()
+    assert status["max_SAE_ID_count"] == 0  # no other SAE of the tenant to name
+    for name, node in (("upm-rect-2", "Rectorado"), ("upm-rect-3", "Rectorado"), ("upm-ccs", "CCS")):
+        lab.add_sae(name, node)
+    # The twin has two portal SAE identities per node: the slave takes one at Rectorado, one is left there.
+    assert lab.etsi("upm-cait", "get", "upm-rect/status").json()["max_SAE_ID_count"] == 2
+    served = lab.etsi("upm-cait", "post", "upm-rect/enc_keys",
+                      data={"additional_slave_SAE_IDs": ["upm-rect-2", "upm-ccs"]})
+    assert served.status_code == 200, served.content
+    refused = lab.etsi("upm-cait", "post", "upm-rect/enc_keys",
+                       data={"additional_slave_SAE_IDs": ["upm-rect-2", "upm-rect-3"]})
+    assert refused.status_code == 400
