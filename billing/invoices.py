@@ -28,7 +28,7 @@ from django.utils import timezone
 from portal.errors import BadRequest, Conflict
 from tenants.models import Tenant
 
-from . import rating
+from . import rating, webhooks
 from .models import BillingAccount, CreditNote, CreditNoteLine, Invoice, InvoiceLine, NumberSequence, PriceBook
 from .periods import next_period, period_containing
 
@@ -196,8 +196,7 @@ def close_period(tenant: Tenant, period_start: datetime, now: datetime | None = 
         invoice.status = Invoice.Status.FINALIZED
         invoice.finalized_at = invoice.updated_at = now
         invoice.save()
-        from . import webhooks  # outbox: the delivery rows commit with the invoice
-
+        # Outbox: the delivery rows commit with the invoice.
         webhooks.emit("invoice.finalized", tenant, {"invoice": invoice_summary(invoice)},
                       event_id=f"invoice.finalized:{invoice.number}")
         log.info("invoice %s finalized for %s: %s %s", invoice.number, tenant.slug, invoice.total, invoice.currency)
@@ -280,8 +279,6 @@ def issue_credit_note(invoice: Invoice, reason: str, lines: list[tuple[str, Deci
             CreditNoteLine.objects.create(credit_note=note, description=description.strip()[:300], amount=amount)
         note.status = CreditNote.FINAL_STATUS
         note.save()
-        from . import webhooks
-
         webhooks.emit("credit_note.issued", invoice.tenant,
                       {"credit_note": {"number": note.number, "invoice": invoice.number, "total": str(total),
                                        "currency": note.currency, "reason": note.reason}},

@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 
 from portal.errors import ApiError
-from portal.views import _web_tenant
+from tenants.tenancy import web_tenant
 
 from . import costs, invoices
 from .charts import bar_chart
@@ -20,7 +20,7 @@ from .models import CreditNote, Invoice
 
 @login_required
 def tenant_billing(request: HttpRequest) -> HttpResponse:
-    ctx = _web_tenant(request)
+    ctx = web_tenant(request)
     if ctx is None:
         return redirect("dashboard")
     if "billing:read" not in ctx.scopes:

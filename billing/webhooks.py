@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from portal.celery_app import app as celery_app
 from portal.errors import BadRequest
 from tenants.models import Tenant
 
@@ -99,11 +100,10 @@ def emit(event: str, tenant: Tenant | None, data: dict, *, event_id: str) -> lis
 
 
 def _enqueue(ids: list[int]) -> None:
-    from .tasks import deliver_webhook
-
+    # By name: the tasks module wraps this one (importing it here would make a cycle).
     for pk in ids:
         try:
-            deliver_webhook.delay(pk)
+            celery_app.send_task("billing.tasks.deliver_webhook", args=[pk])
         except Exception:
             log.warning("could not enqueue webhook delivery %s; the sweep will retry", pk)
 

@@ -21,8 +21,8 @@ from rest_framework.views import APIView
 
 from billing import costs, exports, invoices
 from billing.models import CreditNote, Invoice, PriceBook, WebhookDelivery, WebhookEndpoint
-from portal.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 from portal.errors import BadRequest
+from tenants.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 
 from .serializers import (
     CostReportSerializer,

@@ -14,7 +14,6 @@ from billing.models import BillingAccount, PriceBook, PriceComponent, PriceTier
 from tenants import quota
 from tenants.meters import METERS
 from tenants.models import UsageRecord
-from tests.tenants.conftest import client_for, make_tenant, make_user, member, plan, two_tenants  # noqa: F401 - fixtures
 
 _seq = itertools.count()
 
@@ -58,7 +57,7 @@ def usage(tenant, meter: str, quantity: int, at: datetime, kind: str = "consume"
 
 
 @pytest.fixture
-def billed(make_tenant, plan):  # noqa: F811 - fixtures
+def billed(make_tenant, plan):
     """A tenant on a plan priced from 1 Jan 2026, billed monthly (UTC, day 1) from then."""
     tenant = make_tenant("acme")
     make_book(plan, utc(2026, 1, 1))
