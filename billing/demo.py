@@ -21,8 +21,9 @@ from .models import AssetCost, PriceBook, PriceComponent, PriceTier
 # meter: (unit price EUR, scale, unit label, included, [(tier up_to, tier price)])
 DEMO_PRICES: dict[str, dict[str, tuple[str, int, str, int, list[tuple[int | None, str]]]]] = {
     "research": {
-        "qkd_key_bits": ("0.50", 1_000_000, "Mbit", 10, []),
-        "entropy_bytes": ("2.00", 1_000_000_000, "GB", 1, []),
+        # Small allowances: a demo session's usage shows on the running total.
+        "qkd_key_bits": ("0.50", 1_000_000, "Mbit", 1, []),
+        "entropy_bytes": ("2.00", 1_000_000_000, "GB", 0, []),
         "key_stream_seconds": ("0.05", 3600, "hour", 10, []),
         "ipsec_tunnel_seconds": ("0.12", 3600, "hour", 10, []),
         "tls_session_seconds": ("0.02", 3600, "hour", 10, []),
