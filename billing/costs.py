@@ -13,7 +13,9 @@
   key rate x period seconds).
 * **Revenue per link**: each tenant's rated ``qkd_key_bits`` revenue of the period (invoice lines) is shared
   among links in proportion to that tenant's bits on them.
-* **Suggested price** for a target margin m: cost per unit / (1 - m), per Mbit for key bits.
+* **Suggested price** for a target margin m: cost per unit / (1 - m), per Mbit for key bits; per GB of entropy
+  for the QRNGs (their cost over the entropy bytes served, split evenly among them: the ledger does not name
+  the source).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from decimal import Decimal
 
 from django.db.models import F, Sum
 
-from tenants.meters import KEY_BITS
+from tenants.meters import ENTROPY_BYTES, KEY_BITS
 from tenants.models import UsageRecord
 
 from .models import AssetCost, InvoiceLine
@@ -35,6 +37,7 @@ from .rating import round_money
 log = logging.getLogger(__name__)
 YEAR_SECONDS = Decimal("31557600")  # 365.25 days
 MBIT = Decimal(1_000_000)
+GB = Decimal(1_000_000_000)
 
 
 @dataclass
@@ -69,6 +72,21 @@ class CostReport:
     qrngs: list[AssetReport]
     tenant_cost: dict[str, Decimal]
     tenant_bits: dict[str, int]
+    entropy_bytes: int = 0
+
+    @property
+    def qrng_cost(self) -> Decimal:
+        return sum((q.cost for q in self.qrngs), Decimal(0))
+
+    @property
+    def qrng_cost_per_gb(self) -> Decimal | None:
+        """The QRNGs' cost per GB of entropy served (all QRNGs together: the ledger does not name the source)."""
+        return round_money(self.qrng_cost / self.entropy_bytes * GB) if self.entropy_bytes else None
+
+    def suggested_price_per_gb(self, margin: Decimal) -> Decimal | None:
+        if not self.entropy_bytes or margin >= 1:
+            return None
+        return round_money(self.qrng_cost / self.entropy_bytes * GB / (1 - margin))
 
     @property
     def seconds(self) -> float:
@@ -210,8 +228,12 @@ def cost_report(start: datetime, end: datetime, telemetry: dict[str, dict] | Non
                 links[link_id].revenue += amount * bits / link_bits
     for report in links.values():
         report.revenue = round_money(report.revenue)
+    entropy = UsageRecord.objects.unscoped().filter(meter=ENTROPY_BYTES, created_at__gte=start,
+                                                    created_at__lt=end).aggregate(s=Sum("quantity"))["s"] or 0
+    for report in qrngs:
+        report.delivered_bits = int(entropy) * 8 // max(len(qrngs), 1)
     return CostReport(start, end, sorted(links.values(), key=lambda r: r.asset.asset_id), qrngs,
-                      {t: round_money(c) for t, c in tenant_cost.items()}, dict(tenant_bits))
+                      {t: round_money(c) for t, c in tenant_cost.items()}, dict(tenant_bits), int(entropy))
 
 
 def default_window(now: datetime) -> tuple[datetime, datetime]:

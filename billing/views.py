@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -34,6 +35,9 @@ def tenant_billing(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required(login_url="account_login")
 def operator_billing(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":  # "Refresh drafts now" (the beat job does it every 5 minutes)
+        messages.success(request, f"{invoices.refresh_drafts()} drafts re-rated from the ledger.")
+        return redirect("billing-operator")
     drafts = Invoice.objects.unscoped().filter(status=Invoice.Status.DRAFT).select_related("tenant")
     finalized = Invoice.objects.unscoped().filter(status=Invoice.Status.FINALIZED).select_related("tenant")[:50]
     start, end = costs.default_window(timezone.now())
@@ -61,5 +65,6 @@ def operator_billing(request: HttpRequest) -> HttpResponse:
     rows = [{"r": r, "utilisation": report.utilisation(r)} for r in report.links]
     return render(request, "billing/operator.html", {
         "drafts": drafts, "finalized": finalized, "report": report, "rows": rows, "charts": charts,
-        "margin": margin, "suggested": report.suggested_price_per_mbit(margin), "error": error,
+        "margin": margin, "suggested": report.suggested_price_per_mbit(margin),
+        "suggested_gb": report.suggested_price_per_gb(margin), "error": error,
         "draft_total": sum((d.total for d in drafts), Decimal("0.00"))})

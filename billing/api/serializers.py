@@ -217,3 +217,6 @@ class CostReportSerializer(serializers.Serializer):
     tenant_bits = serializers.DictField(child=serializers.IntegerField())
     target_margin = serializers.DecimalField(max_digits=4, decimal_places=3)
     suggested_price_per_mbit = serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True)
+    entropy_bytes = serializers.IntegerField()
+    qrng_cost_per_gb = serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True)
+    suggested_price_per_gb = serializers.DecimalField(max_digits=18, decimal_places=2, allow_null=True)

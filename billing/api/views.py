@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 
 from billing import costs, exports, invoices
 from billing.models import CreditNote, Invoice, PriceBook, WebhookDelivery, WebhookEndpoint
-from portal.errors import BadRequest
+from portal.errors import BadRequest, NotFound
 from tenants.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 
 from .serializers import (
@@ -84,6 +84,8 @@ class DraftInvoiceView(TenantAPIView):
     @extend_schema(summary="Your current period's draft invoice, re-rated now (the running total)",
                    responses=InvoiceDetailSerializer)
     def get(self, request):
+        if not invoices.is_billable(self.tenant):
+            raise NotFound("your plan has no price book: nothing is billed")
         invoice = invoices.refresh_draft(self.tenant)
         if invoice is None:  # cannot happen for the running period, but never show a finalized one as draft
             raise BadRequest("the current period is already finalized")
@@ -248,7 +250,9 @@ def report_data(report: costs.CostReport, margin: Decimal) -> dict:
     return {"start": report.start, "end": report.end, "links": [asset(r) for r in report.links],
             "qrngs": [asset(r) for r in report.qrngs], "tenant_cost": report.tenant_cost,
             "tenant_bits": report.tenant_bits, "target_margin": margin,
-            "suggested_price_per_mbit": report.suggested_price_per_mbit(margin)}
+            "suggested_price_per_mbit": report.suggested_price_per_mbit(margin),
+            "entropy_bytes": report.entropy_bytes, "qrng_cost_per_gb": report.qrng_cost_per_gb,
+            "suggested_price_per_gb": report.suggested_price_per_gb(margin)}
 
 
 class CostReportView(APIView):

@@ -59,6 +59,11 @@ def test_billing_read_scope_is_required(world, client_for):
     assert response.status_code == 403 and response.json()["error"]["details"]["required_scope"] == "billing:read"
 
 
+def test_a_tenant_whose_plan_has_no_price_book_has_no_draft(two_tenants):
+    response = two_tenants["ca"].get("/api/billing/draft/")
+    assert response.status_code == 404 and "no price book" in response.json()["error"]["message"]
+
+
 def test_draft_running_total_follows_the_ledger(world):
     tenant = world["a"]
     usage(tenant, "qkd_key_bits", 12_000_000, timezone.now())
@@ -183,6 +188,12 @@ def test_cost_report_per_link_and_tenant(world):
     margin_price = report.suggested_price_per_mbit(Decimal("0.5"))
     total_cost = by_id["cait-ccs"].cost + by_id["ccs-rectorado"].cost
     assert margin_price == (total_cost / 768_000 * 1_000_000 * 2).quantize(Decimal("0.01"))
+    usage(a, "entropy_bytes", 2_000_000_000, timezone.now())
+    report = costs.cost_report(start, start + timedelta(days=2), telemetry={})
+    qrng_cost = report.qrngs[0].cost  # 5,000 EUR over 5 years, 2 days: 5.48
+    assert report.entropy_bytes == 2_000_000_000 and qrng_cost == Decimal("5.48")
+    assert report.qrng_cost_per_gb == Decimal("2.74")
+    assert report.suggested_price_per_gb(Decimal("0.5")) == Decimal("5.48")
     response = world["op"].get("/api/billing/operator/costs/", {"margin": "0.5"})
     assert response.status_code == 200 and {ln["asset_id"] for ln in response.json()["links"]} == set(by_id)
     assert world["op"].get("/api/billing/operator/costs/", {"margin": "2"}).status_code == 400
@@ -202,9 +213,10 @@ def test_pages_for_tenant_and_operator(world, client):
 
     Authenticator.objects.create(user=world["staff"], type=Authenticator.Type.TOTP, data={"secret": "x"})
     client.force_login(world["staff"])
+    assert client.post("/billing/operator/").status_code == 302  # refresh drafts now
     page = client.get("/billing/operator/")
     assert page.status_code == 200 and b"<svg" in page.content and b"cait-ccs" in page.content
-    assert b"alpha" in page.content and b"bravo" in page.content
+    assert b"alpha" in page.content and b"bravo" in page.content and b"drafts re-rated" in page.content
 
 
 def test_openapi_documents_billing(world):
