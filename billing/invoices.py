@@ -218,13 +218,17 @@ def due_periods(tenant: Tenant, now: datetime | None = None) -> list[datetime]:
 
 
 def close_due(now: datetime | None = None) -> list[Invoice]:
-    """Close every billable tenant's periods that are past their grace (the beat job)."""
+    """Close every billable tenant's periods that are past their grace (the beat job). A tenant that cannot be
+    closed (e.g. usage priced in two currencies) is logged and left for the next run; the others go on."""
     closed = []
     for tenant in Tenant.objects.select_related("plan").order_by("pk"):
         if not is_billable(tenant):
             continue
-        for start in due_periods(tenant, now):
-            closed.append(close_period(tenant, start, now))
+        try:
+            for start in due_periods(tenant, now):
+                closed.append(close_period(tenant, start, now))
+        except Exception:
+            log.exception("could not close the billing periods of tenant %s", tenant.slug)
     return closed
 
 
@@ -235,11 +239,14 @@ def refresh_drafts(now: datetime | None = None) -> int:
     for tenant in Tenant.objects.select_related("plan").order_by("pk"):
         if not is_billable(tenant):
             continue
-        account = account_for(tenant)
-        previous = period_containing(account, period_containing(account, now)[0] - timedelta(seconds=1))
-        if previous[1] + grace() > now and previous[0] >= period_containing(account, account.starts_at)[0]:
-            count += refresh_draft(tenant, previous[0]) is not None
-        count += refresh_draft(tenant, now) is not None
+        try:
+            account = account_for(tenant)
+            previous = period_containing(account, period_containing(account, now)[0] - timedelta(seconds=1))
+            if previous[1] + grace() > now and previous[0] >= period_containing(account, account.starts_at)[0]:
+                count += refresh_draft(tenant, previous[0]) is not None
+            count += refresh_draft(tenant, now) is not None
+        except Exception:
+            log.exception("could not refresh the draft invoice of tenant %s", tenant.slug)
     return count
 
 
