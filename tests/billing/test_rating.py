@@ -186,3 +186,26 @@ def test_period_in_the_tenants_time_zone_and_anchor_day(make_tenant):
     start, end = period_containing(account, utc(2026, 12, 20))
     assert (start, end) == (utc(2026, 12, 4, 23), utc(2027, 1, 4, 23))
     assert end - start == timedelta(days=31)
+
+
+def test_a_key_streams_duration_rows_fall_on_each_side_of_a_period_boundary(billed):
+    """Real duration rows from services.orders (split at hours): 22:30 on 31 Jan to 01:15 on 1 Feb."""
+    import uuid
+
+    from services import orders
+    from services.models import KeyStream, QkdNode, Sae
+
+    node = QkdNode.objects.create(node_id="CAIT", kme_url="https://cait.invalid")
+    src = Sae.objects.create(tenant=billed, name="s1", node=node)
+    dst = Sae.objects.create(tenant=billed, name="s2", node=node)
+    stream = KeyStream.objects.create(
+        tenant=billed, ksid=uuid.uuid4(), backend_ksid=uuid.uuid4(), source=src, destination=dst,
+        backend_source_sae="b1", backend_destination_sae="b2", qos={}, state="closed",
+        activated_at=utc(2026, 1, 31, 22, 30), closed_at=utc(2026, 2, 1, 1, 15))
+    assert orders.meter_duration(stream) == 9900
+    assert orders.meter_duration(stream) == 0  # exactly once
+    jan = rating.usage_sums(billed, utc(2026, 1, 1), utc(2026, 2, 1))
+    feb = rating.usage_sums(billed, utc(2026, 2, 1), utc(2026, 3, 1))
+    assert (jan["key_stream_seconds"], feb["key_stream_seconds"]) == (5400, 4500)
+    [jan_inv, feb_inv] = invoices.close_due(now=utc(2026, 3, 5))
+    assert jan_inv.total == D("0.45") and feb_inv.total == D("0.38")  # 1.5 h and 1.25 h x 0.30 (0.375 -> 0.38)
