@@ -226,3 +226,26 @@ def test_openapi_documents_billing(world):
               "/api/billing/credit-notes/", "/api/billing/webhooks/", "/api/billing/operator/price-books/",
               "/api/billing/operator/costs/", "/api/billing/operator/credit-notes/"):
         assert p in paths, p
+
+
+def test_admin_pages(world, client):
+    from allauth.mfa.models import Authenticator
+
+    Authenticator.objects.create(user=world["staff"], type=Authenticator.Type.TOTP, data={"secret": "x"})
+    world["staff"].is_superuser = True
+    world["staff"].save()
+    client.force_login(world["staff"])
+    for path in ("pricebook", "pricecomponent", "invoice", "creditnote", "webhookendpoint", "webhookdelivery",
+                 "assetcost", "billingaccount"):
+        assert client.get(f"/admin/billing/{path}/").status_code == 200, path
+    book = PriceBook.objects.first()
+    page = client.get(f"/admin/billing/pricebook/{book.pk}/change/")
+    assert page.status_code == 200 and b"name=\"_save\"" not in page.content  # in effect: view only
+    inv = world["inv_a"]
+    assert client.get(f"/admin/billing/invoice/{inv.pk}/change/").status_code == 200
+    assert client.post(f"/admin/billing/invoice/{inv.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.post("/admin/billing/pricebook/add/", {
+        "plan": book.plan_id, "name": "past", "currency": "EUR", "effective_from_0": "2020-01-01",
+        "effective_from_1": "00:00:00", "components-TOTAL_FORMS": "0", "components-INITIAL_FORMS": "0"},
+    ).status_code == 200  # the form comes back with the error, nothing saved
+    assert not PriceBook.objects.filter(name="past").exists()
