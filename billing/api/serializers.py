@@ -31,6 +31,8 @@ class InvoiceLineSerializer(serializers.ModelSerializer):
 
 class InvoiceSerializer(serializers.ModelSerializer):
     tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    # Plain strings in the schema: a second "status" enum would collide with the tenants' one in OpenAPI.
+    status = serializers.CharField(read_only=True, help_text="draft or finalized")
     credited = serializers.DecimalField(max_digits=18, decimal_places=2, read_only=True)
 
     class Meta:
@@ -186,6 +188,7 @@ class WebhookAttemptSerializer(serializers.ModelSerializer):
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
     attempt_log = WebhookAttemptSerializer(many=True, read_only=True)
+    status = serializers.CharField(read_only=True, help_text="pending, delivered or failed")
 
     class Meta:
         model = WebhookDelivery
