@@ -204,7 +204,10 @@ class PriceBookViewSet(OperatorViewSet):
 
 @extend_schema_view(list=extend_schema(summary="Operator webhook endpoints (every tenant's events)"),
                     create=extend_schema(summary="Add an operator webhook endpoint; the secret is shown once",
-                                         responses=WebhookEndpointSecretSerializer))
+                                         responses=WebhookEndpointSecretSerializer),
+                    retrieve=extend_schema(summary="One operator webhook endpoint"),
+                    partial_update=extend_schema(summary="Change an operator webhook endpoint"),
+                    destroy=extend_schema(summary="Remove an operator webhook endpoint"))
 class OperatorWebhookEndpointViewSet(OperatorViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
