@@ -20,6 +20,7 @@ run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py bootstrap_demo
+	$(PY) manage.py bootstrap_billing_demo
 	QXAAS_DEMO=1 PORT=$(PORT) $(PY) -m portal.runstack
 
 ## Install what the tests need (Debian packages too), start PostgreSQL and Redis, run the suite and the

@@ -31,4 +31,6 @@ urlpatterns = [
     path("api/", include("ipsec.api.urls")),
     path("api/", include("tls.api.urls")),
     path("tls/", include("tls.urls")),
+    path("api/", include("billing.api.urls")),
+    path("billing/", include("billing.urls")),
 ]

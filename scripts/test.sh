@@ -8,6 +8,7 @@ install_debs postgresql redis-server curl   # CI runs as root on a fresh Debian 
 # the IPsec lab (tests/ipsec): charon with kernel-libipsec, swanctl tools, namespaces, ping and tcpdump
 install_debs strongswan-charon libcharon-extra-plugins strongswan-swanctl iproute2 iputils-ping tcpdump
 install_debs postgresql redis-server curl stunnel4 openssl   # CI runs as root on a fresh Debian 12
+install_debs postgresql redis-server curl poppler-utils   # CI runs as root on a fresh Debian 12
 make --no-print-directory venv
 # Throwaway test clusters need no durability.
 PG_OPTS="-c fsync=off -c synchronous_commit=off" start_services test

@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "qrng",
     "ipsec",
     "tls",
+    "billing",
 ]
 
 MIDDLEWARE = [
@@ -153,6 +154,11 @@ CELERY_BEAT_SCHEDULE = {
     "expire-quota-reservations": {"task": "tenants.tasks.expire_quota_reservations", "schedule": 60.0},
     "maintain-service-orders": {"task": "services.tasks.maintain_orders", "schedule": 2.0},
     "fill-entropy-pool": {"task": "qrng.tasks.fill_pool", "schedule": 2.0},
+    # Billing: thin tasks over billing.invoices / thresholds / webhooks (each idempotent).
+    "billing-close-periods": {"task": "billing.tasks.close_periods", "schedule": 600.0},
+    "billing-refresh-drafts": {"task": "billing.tasks.refresh_drafts", "schedule": 300.0},
+    "billing-quota-thresholds": {"task": "billing.tasks.check_quota_thresholds", "schedule": 60.0},
+    "billing-retry-webhooks": {"task": "billing.tasks.retry_webhooks", "schedule": 30.0},
 }
 
 # --- IPsec tunnels (ipsec app) -----------------------------------------------------------------------
@@ -272,6 +278,18 @@ STORAGES = {
 }
 
 # --- Logging: structured enough to grep, never key material or token secrets -------------------------
+# --- Billing (docs/billing.md) ---------------------------------------------------------------------
+BILLING_OPERATOR = env.str("BILLING_OPERATOR", default="qxaas")          # names the gap-free number sequences
+BILLING_INVOICE_PREFIX = env.str("BILLING_INVOICE_PREFIX", default="INV")
+BILLING_CREDIT_NOTE_PREFIX = env.str("BILLING_CREDIT_NOTE_PREFIX", default="CN")
+BILLING_GRACE_HOURS = env.int("BILLING_GRACE_HOURS", default=72)          # late usage lands in its period
+BILLING_DEFAULT_TIMEZONE = env.str("BILLING_DEFAULT_TIMEZONE", default="UTC")
+BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="EUR")
+BILLING_WEBHOOK_BACKOFF_SECONDS = env.int("BILLING_WEBHOOK_BACKOFF_SECONDS", default=30)
+BILLING_WEBHOOK_MAX_ATTEMPTS = env.int("BILLING_WEBHOOK_MAX_ATTEMPTS", default=8)
+# Tenants' webhook URLs may point at loopback/private addresses only when this is set (a lab, tests).
+BILLING_WEBHOOK_ALLOW_PRIVATE = env.bool("BILLING_WEBHOOK_ALLOW_PRIVATE", default=False)
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 CELERY_JOB_LOG_LEVEL = env.str("CELERY_JOB_LOG_LEVEL", default="WARNING")
 LOGGING = {
