@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from services.api.network_views import NetworkView
 
 from . import views
+from .metrics import metrics_view
 
 # The admin signs in through allauth, so MFA covers operators there too.
 admin.site.login = login_required(admin.site.login)
@@ -20,6 +21,7 @@ urlpatterns = [
     path("operator/tenants/", views.operator_tenants, name="operator-tenants"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
     path("api/", views.api_root, name="api-root"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from portal import logs
 from portal.errors import BadRequest, Forbidden, NotFound
 
 from .models import ApiToken, Membership, Tenant
@@ -63,4 +64,5 @@ def resolve_tenant(request, slug: str | None = None) -> TenantContext:
             scopes |= frozenset(ROLE_SCOPES["owner"]) | {"operator"}
     if not tenant.is_active:
         raise Forbidden(f"tenant {tenant.slug!r} is suspended")
+    logs.bind(tenant=tenant.slug)  # the request's log lines name its tenant (LOG_FORMAT=json: a field)
     return TenantContext(tenant=tenant, role=role, scopes=scopes, token=token)

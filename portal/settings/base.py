@@ -12,6 +12,8 @@ from urllib.parse import unquote
 
 import environ
 
+from portal.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
@@ -62,6 +64,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.logs.RequestContextMiddleware",  # request ID in logs, the X-Request-ID header and error bodies
+    "portal.metrics.MetricsMiddleware",  # HTTP requests and latency by URL pattern (/metrics)
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -253,21 +257,21 @@ STORAGES = {
 
 # --- Logging: structured enough to grep, never key material or token secrets -------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")  # "json": one JSON object per line (portal.logs)
 CELERY_JOB_LOG_LEVEL = env.str("CELERY_JOB_LOG_LEVEL", default="WARNING")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.db.backends": {"level": "WARNING"},
-        # Beat runs jobs every few seconds: one INFO line per job sent, received and done would bury everything
-        # else. Failures still log at ERROR. CELERY_JOB_LOG_LEVEL=INFO brings them back.
-        **{name: {"level": CELERY_JOB_LOG_LEVEL}
-           for name in ("celery.beat", "celery.worker.strategy", "celery.app.trace")},
-    },
-}
+LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL, {
+    "django.db.backends": "WARNING",
+    # Beat runs jobs every few seconds: one INFO line per job sent, received and done would bury everything
+    # else. Failures still log at ERROR. CELERY_JOB_LOG_LEVEL=INFO brings them back.
+    **dict.fromkeys(("celery.beat", "celery.worker.strategy", "celery.app.trace"), CELERY_JOB_LOG_LEVEL),
+})
+
+# --- Metrics (portal.metrics, docs/operations.md) ----------------------------------------------------------
+# /metrics answers a Bearer METRICS_TOKEN, or direct connections from these networks (default loopback only).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+# Other processes' PROMETHEUS_MULTIPROC_DIR on this host (the Celery worker's) summed into /metrics.
+METRICS_EXTRA_DIRS = env.list("METRICS_EXTRA_DIRS", default=[])
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
