@@ -113,6 +113,8 @@ class PlainFormatter(logging.Formatter):
 def logging_config(log_format: str, level: str, quiet: dict[str, str]) -> dict[str, Any]:
     """The ``LOGGING`` dict of the settings: ``log_format`` is ``plain`` (default) or ``json``."""
     formatter = "json" if log_format.lower() == "json" else "plain"
+    if formatter == "json":
+        logging.captureWarnings(True)  # Python warnings as log records, not raw lines on stderr
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -128,20 +130,30 @@ def logging_config(log_format: str, level: str, quiet: dict[str, str]) -> dict[s
 
 
 class RequestContextMiddleware:
-    """Request ID in, request ID out (header, JSON error bodies); context for the request's log lines."""
+    """Request ID in, request ID out (header, JSON error bodies); context for the request's log lines.
+
+    The context stays bound until Django's ``request_finished`` (so Django's own "Not Found: ..." line, written
+    after the middleware chain returns, still names the request), then it is cleared."""
 
     def __init__(self, get_response) -> None:
+        from django.core.signals import request_finished
+
         self.get_response = get_response
+        request_finished.connect(_clear_request_context, dispatch_uid="portal.logs.clear")
 
     def __call__(self, request):
         rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
         request.request_id = rid
-        with scope(request_id=rid, tenant=None, order_id=None):
-            response = self.get_response(request)
-            response[REQUEST_ID_HEADER] = rid
-            if response.status_code >= 400:
-                _add_to_error_body(response, rid)
+        bind(request_id=rid, tenant=None, order_id=None)
+        response = self.get_response(request)
+        response[REQUEST_ID_HEADER] = rid
+        if response.status_code >= 400:
+            _add_to_error_body(response, rid)
         return response
+
+
+def _clear_request_context(**_kwargs: Any) -> None:
+    bind(request_id=None, tenant=None, order_id=None)
 
 
 def _add_to_error_body(response, rid: str) -> None:

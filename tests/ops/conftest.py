@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from portal import metrics
 from services import registry
-from tests.services.conftest import Lab, make_lab, network  # noqa: F401 - fixtures
-from tests.tenants.conftest import client_for, make_tenant, make_user, member, plan  # noqa: F401 - fixtures
+from tests.services.conftest import Lab, backend_twin, make_lab, network  # noqa: F401 - fixtures
+from tests.tenants.conftest import client_for, make_tenant, make_user, member, plan, two_tenants  # noqa: F401
 from tests.twin.conftest import RunningTwin, start_twin, twin_factory  # noqa: F401 - fixtures
 
 
