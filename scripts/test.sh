@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
 
-install_debs postgresql redis-server curl   # CI runs as root on a fresh Debian 12
+install_debs postgresql redis-server curl prometheus nginx-light systemd   # CI runs as root on a fresh Debian 12 (promtool, nginx -t, systemd-analyze: tests/ops)
 make --no-print-directory venv
 # Throwaway test clusters need no durability.
 PG_OPTS="-c fsync=off -c synchronous_commit=off" start_services test
