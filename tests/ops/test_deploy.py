@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-UNITS = sorted((DEPLOY / "systemd").glob("qxaas*.service")) + [DEPLOY / "systemd" / "qxaas.target"]
+UNITS = [*sorted((DEPLOY / "systemd").glob("qxaas*.service")), DEPLOY / "systemd" / "qxaas.target"]
 
 
 def tool(name: str) -> str:
@@ -50,7 +50,8 @@ def test_units_give_each_service_its_own_metrics_folder():
             if "PROMETHEUS_MULTIPROC_DIR=" in line:
                 dirs[unit.name] = line.split("PROMETHEUS_MULTIPROC_DIR=")[1].split()[0]
     assert len(set(dirs.values())) == len(dirs) == 3  # web, worker, gateway: never shared (docs/operations.md)
-    assert "METRICS_EXTRA_DIRS=" + dirs["qxaas-worker.service"] in (DEPLOY / "systemd" / "qxaas-web.service").read_text()
+    web = (DEPLOY / "systemd" / "qxaas-web.service").read_text()
+    assert "METRICS_EXTRA_DIRS=" + dirs["qxaas-worker.service"] in web
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
