@@ -35,6 +35,13 @@ class BadRequest(ApiError):
     pass
 
 
+class Unauthorized(ApiError):
+    """The caller is known but not entitled to this (ETSI 014: a dec_keys caller not named in the key request)."""
+
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "unauthorized"
+
+
 class NotFound(ApiError):
     status_code = status.HTTP_404_NOT_FOUND
     code = "not_found"
