@@ -29,11 +29,14 @@ class Stack:
     log: Path
     web_metrics_dir: Path
     gateway_metrics_dir: Path
+    worker_metrics_dir: Path | None = None
 
 
 @contextmanager
-def web_and_gateway(tmp_path: Path, *, workers: int = 2, gateway_processes: int = 2,
+def web_and_gateway(tmp_path: Path, *, workers: int = 2, gateway_processes: int = 2, celery_worker: bool = False,
                     **extra_env: str) -> Iterator[Stack]:
+    """``celery_worker``: also a Celery worker (prefork, one child) whose metrics folder the web listener sums
+    (``METRICS_EXTRA_DIRS``), as deploy/systemd sets it up."""
     if connection.vendor != "postgresql":
         pytest.skip("the listeners share the database with server processes: PostgreSQL")
     db = connection.settings_dict
@@ -41,8 +44,9 @@ def web_and_gateway(tmp_path: Path, *, workers: int = 2, gateway_processes: int 
            "QKD_AUTO_REGISTER_TWIN": "false", "QXAAS_VAR_DIR": str(settings.VAR_DIR),
            "DJANGO_SETTINGS_MODULE": "portal.settings.base", **extra_env}
     web_dir, gateway_dir = tmp_path / "metrics-web", tmp_path / "metrics-gateway"
-    web_dir.mkdir()
-    gateway_dir.mkdir()
+    worker_dir = tmp_path / "metrics-worker"
+    for folder in (web_dir, gateway_dir, worker_dir):
+        folder.mkdir()
     web_port, port = free_port(), free_port()
     web, base = f"http://127.0.0.1:{web_port}", f"https://127.0.0.1:{port}"
     log = tmp_path / "stack.log"
@@ -51,16 +55,22 @@ def web_and_gateway(tmp_path: Path, *, workers: int = 2, gateway_processes: int 
             subprocess.Popen([sys.executable, "-m", "gunicorn", "portal.wsgi", "--bind", f"127.0.0.1:{web_port}",
                               "--workers", str(workers), "--threads", "4", "--access-logfile", "-",
                               "--config", GUNICORN_CONFIG],
-                             cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(web_dir)}, stdout=out,
+                             cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(web_dir),
+                                            "METRICS_EXTRA_DIRS": str(worker_dir)}, stdout=out,
                              stderr=subprocess.STDOUT),
             subprocess.Popen(etsi_https_command(port, workers=gateway_processes, upstream=web),
                              cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(gateway_dir)}, stdout=out,
                              stderr=subprocess.STDOUT),
         ]
+        if celery_worker:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "portal", "worker", "--concurrency", "1", "--loglevel", "INFO"],
+                cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(worker_dir)}, stdout=out,
+                stderr=subprocess.STDOUT))
     try:
         _wait(web + "/healthz", procs, log)
         _wait(base + "/gateway/healthz", procs, log, verify=str(pki.pki_dir() / "ca.crt"))
-        yield Stack(base, web, log, web_dir, gateway_dir)
+        yield Stack(base, web, log, web_dir, gateway_dir, worker_dir if celery_worker else None)
     finally:
         for proc in procs:
             proc.terminate()
