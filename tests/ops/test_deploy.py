@@ -89,3 +89,19 @@ def test_nginx_site_passes_nginx_t(tmp_path):
                           timeout=60)
     assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr
     assert "location = /metrics { return 404; }" in text  # never public
+
+
+def test_make_run_gives_web_worker_and_gateway_their_own_emptied_metrics_folders(tmp_path, monkeypatch):
+    from portal import runstack
+
+    monkeypatch.setenv("QXAAS_VAR_DIR", str(tmp_path))
+    stale = tmp_path / "metrics" / "web" / "counter_1.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    web, worker, gateway = (runstack.child_env(n) for n in ("web", "worker", "etsi-https"))
+    assert not stale.exists()  # counters of a previous run are not summed into this one
+    assert {web["PROMETHEUS_MULTIPROC_DIR"], worker["PROMETHEUS_MULTIPROC_DIR"], gateway["PROMETHEUS_MULTIPROC_DIR"]} \
+        == {str(tmp_path / "metrics" / n) for n in ("web", "worker", "gateway")}
+    assert web["METRICS_EXTRA_DIRS"] == worker["PROMETHEUS_MULTIPROC_DIR"]
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in runstack.child_env("beat")  # beat serves no requests and runs no tasks
