@@ -340,8 +340,12 @@ def main() -> int:
         for processes in (1, 2):
             with Listeners(env, var_dir, processes, ca) as listeners:
                 asyncio.run(load(tenants, listeners, 2.0))  # warm-up: connections, imports, prepared statements
+                load_before = os.getloadavg()[0]
                 stats, elapsed = asyncio.run(load(tenants, listeners, args.seconds))
             results["phases"][str(processes)] = summary(stats, elapsed)
+            # The machine's 1-minute load average around the phase: the ratio means little when other work
+            # competes for the same cores (it did on the shared 2-core VM: docs/operations.md).
+            results["phases"][str(processes)]["loadavg_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
             print(f"{processes} web + {processes} gateway process(es): {json.dumps(results['phases'][str(processes)])}",
                   flush=True)
         one, two = results["phases"]["1"], results["phases"]["2"]

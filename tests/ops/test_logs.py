@@ -132,3 +132,26 @@ def test_json_logs_of_the_live_listeners_hold_no_key_or_token(transactional_db, 
     forwarded = [lab_ for lab_, _ in web["qxaas_http_requests_total"] if lab_["route"] == "api/qkd/keys"]
     assert forwarded
     assert not any(lab_["endpoint"] == "enc_keys" for lab_, _ in web.get("qxaas_gateway_requests_total", []))
+
+
+def test_a_task_carries_the_request_id_of_the_request_that_queued_it():
+    from types import SimpleNamespace
+
+    from celery import signals
+
+    headers: dict = {}
+    with logs.scope(request_id="req-queued-0001"):
+        signals.before_task_publish.send(sender="tenants.tasks.expire_api_tokens", headers=headers, body=None)
+    assert headers["qxaas_request_id"] == "req-queued-0001"
+    class Task:  # what Celery hands the signals: the task, its name and its request (with our header)
+        name = "services.tasks.provision"
+        request = SimpleNamespace(qxaas_request_id="req-queued-0001")
+
+    task = Task()
+    signals.task_prerun.send(sender=task, task_id="t-1", task=task, args=(), kwargs={"order_id": "9f1c"})
+    try:
+        assert (logs.current("request_id"), logs.current("task"), logs.current("order_id")) == \
+            ("req-queued-0001", "services.tasks.provision", "9f1c")
+    finally:
+        signals.task_postrun.send(sender=task, task_id="t-1", task=task, state="SUCCESS")
+    assert logs.current("request_id") is None and logs.current("task") is None
