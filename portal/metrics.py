@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import glob
 import hmac
+import inspect
 import ipaddress
 import logging
 import os
@@ -149,7 +150,7 @@ def connect_celery_signals() -> None:
     @signals.task_prerun.connect(weak=False)
     def _prerun(task_id=None, task=None, args=None, kwargs=None, **_kwargs):
         _task_started[task_id] = time.perf_counter()
-        order_id = (kwargs or {}).get("order_id") or (kwargs or {}).get("order_uuid")
+        order_id = _order_argument(task, args or (), kwargs or {})
         logs.bind(task=getattr(task, "name", None), order_id=order_id, tenant=None,
                   request_id=getattr(getattr(task, "request", None), REQUEST_ID_TASK_HEADER, None))
 
@@ -161,6 +162,21 @@ def connect_celery_signals() -> None:
             TASK_LATENCY.labels(name).observe(time.perf_counter() - started)
         TASKS.labels(name, (state or "unknown").lower()).inc()
         logs.bind(task=None, order_id=None, tenant=None, request_id=None)
+
+
+ORDER_ARGUMENTS = ("order_id", "order_uuid", "session_uuid", "stream_uuid", "tunnel_uuid")
+
+
+def _order_argument(task: Any, args: tuple, kwargs: dict) -> str | None:
+    """The service order a task works on, when one of its parameters names it (by keyword or position)."""
+    for name in ORDER_ARGUMENTS:
+        if kwargs.get(name):
+            return str(kwargs[name])
+    try:
+        bound = inspect.signature(task.run).bind_partial(*args, **kwargs).arguments
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return next((str(bound[name]) for name in ORDER_ARGUMENTS if bound.get(name)), None)
 
 
 # -- state computed at scrape time ---------------------------------------------------------------------------------

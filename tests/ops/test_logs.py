@@ -147,8 +147,10 @@ def test_a_task_carries_the_request_id_of_the_request_that_queued_it():
         name = "services.tasks.provision"
         request = SimpleNamespace(qxaas_request_id="req-queued-0001")
 
+        def run(self, session_uuid: str) -> None: ...
+
     task = Task()
-    signals.task_prerun.send(sender=task, task_id="t-1", task=task, args=(), kwargs={"order_id": "9f1c"})
+    signals.task_prerun.send(sender=task, task_id="t-1", task=task, args=("9f1c",), kwargs={})  # by position
     try:
         assert (logs.current("request_id"), logs.current("task"), logs.current("order_id")) == \
             ("req-queued-0001", "services.tasks.provision", "9f1c")
