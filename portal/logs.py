@@ -1,9 +1,10 @@
 """Structured logs: a request ID on every request, and JSON lines when ``LOG_FORMAT=json``.
 
-- ``RequestContextMiddleware`` (first in ``MIDDLEWARE``) takes the caller's ``X-Request-ID`` when it is a safe
-  token (nginx's ``$request_id``, a load balancer's) or makes one, answers it in the ``X-Request-ID`` header and,
-  for the API's JSON errors (``{"error": {...}}``), in the body as ``error.request_id``, so a tenant's bug report
-  names the log lines of its request.
+- ``RequestContextMiddleware`` (first in ``MIDDLEWARE``) gives every request an ID of the server's own making
+  (unique: services use it as an idempotency key, e.g. the entropy ledger row), answers it in the ``X-Request-ID``
+  header and, for the API's JSON errors (``{"error": {...}}``), in the body as ``error.request_id``, so a tenant's
+  bug report names the log lines of its request. A caller's ``X-Request-ID`` (nginx's ``$request_id``, a load
+  balancer's) is never adopted: when it is a safe token it is logged beside it as ``edge_request_id``.
 - The request ID, the tenant (set by ``tenants.tenancy.resolve_tenant`` through ``bind``) and the service order
   (``bind(order_id=...)``, and Celery tasks whose arguments carry one) live in context variables; the
   ``ContextFilter`` copies them onto every log record of the request or task, whatever logger wrote it.
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-_FIELDS = ("request_id", "tenant", "order_id", "task")
+_FIELDS = ("request_id", "edge_request_id", "tenant", "order_id", "task")
 _context: dict[str, contextvars.ContextVar[str | None]] = {
     name: contextvars.ContextVar(f"qxaas_log_{name}", default=None) for name in _FIELDS
 }
@@ -36,11 +37,9 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def request_id_from(header: str | None) -> str:
-    """The caller's request ID when it is a safe token, else a new one (never echo arbitrary bytes)."""
-    if header and _SAFE_REQUEST_ID.match(header):
-        return header
-    return new_request_id()
+def edge_request_id(header: str | None) -> str | None:
+    """The caller's request ID when it is a safe token (logged, never echoed or used as our own)."""
+    return header if header and _SAFE_REQUEST_ID.match(header) else None
 
 
 def bind(**fields: Any) -> None:
@@ -142,9 +141,10 @@ class RequestContextMiddleware:
         request_finished.connect(_clear_request_context, dispatch_uid="portal.logs.clear")
 
     def __call__(self, request):
-        rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        rid = new_request_id()
         request.request_id = rid
-        bind(request_id=rid, tenant=None, order_id=None)
+        bind(request_id=rid, edge_request_id=edge_request_id(request.headers.get(REQUEST_ID_HEADER)), tenant=None,
+             order_id=None)
         response = self.get_response(request)
         response[REQUEST_ID_HEADER] = rid
         if response.status_code >= 400:
@@ -153,7 +153,7 @@ class RequestContextMiddleware:
 
 
 def _clear_request_context(**_kwargs: Any) -> None:
-    bind(request_id=None, tenant=None, order_id=None)
+    bind(request_id=None, edge_request_id=None, tenant=None, order_id=None)
 
 
 def _add_to_error_body(response, rid: str) -> None:

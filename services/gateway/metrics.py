@@ -40,9 +40,10 @@ def endpoint_of(request: web.Request) -> str:
 async def observe(request: web.Request, handler) -> web.StreamResponse:
     """Request ID (header and log lines) and the request's count and latency."""
     start = time.perf_counter()
-    rid = logs.request_id_from(request.headers.get(logs.REQUEST_ID_HEADER))
+    rid = logs.new_request_id()
     status = 500
-    with logs.scope(request_id=rid, tenant=None, order_id=None):
+    with logs.scope(request_id=rid, edge_request_id=logs.edge_request_id(request.headers.get(logs.REQUEST_ID_HEADER)),
+                    tenant=None, order_id=None):
         try:
             response = await handler(request)
             status = response.status

@@ -42,14 +42,16 @@ def test_request_id_in_header_error_body_and_log_lines(two_tenants, json_lines):
     assert ok.status_code == 200 and len(ok["X-Request-ID"]) == 32
     missing = client.get("/api/saes/999999/", HTTP_X_REQUEST_ID="edge-req-0001")
     assert missing.status_code == 404
-    assert missing["X-Request-ID"] == "edge-req-0001"  # a safe caller's ID is kept (nginx's $request_id)
-    assert missing.json()["error"]["request_id"] == "edge-req-0001"
+    rid = missing["X-Request-ID"]
+    assert rid != "edge-req-0001" and len(rid) == 32  # the server's own ID: a caller's is never adopted
+    assert missing.json()["error"]["request_id"] == rid
     evil = Client().get("/api/me/", HTTP_X_REQUEST_ID='x" injected\r\nSet-Cookie: a=b')
-    assert evil.status_code == 401 and evil["X-Request-ID"] != 'x" injected' and len(evil["X-Request-ID"]) == 32
+    assert evil.status_code == 401 and len(evil["X-Request-ID"]) == 32
     assert evil.json()["error"]["request_id"] == evil["X-Request-ID"]
-    # Django's own line for the 404 names the request and the tenant that made it.
-    lines = [line for line in json_lines() if line.get("request_id") == "edge-req-0001"]
-    assert lines and all(line["tenant"] == "alpha" for line in lines)
+    # Django's own line for the 404 names the request, the edge's ID (nginx's $request_id) and the tenant.
+    lines = [line for line in json_lines() if line.get("request_id") == rid]
+    assert lines and all(line["tenant"] == "alpha" and line["edge_request_id"] == "edge-req-0001" for line in lines)
+    assert not any("injected" in str(line) for line in json_lines())  # an unsafe caller ID is not even logged
     assert {"ts", "level", "logger", "message"} <= set(lines[0])
     # Outside a request nothing is bound.
     logging.getLogger("test.after").warning("after the request")
@@ -94,7 +96,7 @@ def test_json_logs_of_the_live_listeners_hold_no_key_or_token(transactional_db, 
             for _ in range(3):
                 r = master.post(f"{stack.base}/api/v1/keys/jsonlab-rect/enc_keys", json={"number": 2, "size": 256},
                                 headers={"X-Request-ID": "trace-enc-0001"}, timeout=30)
-                assert r.status_code == 200 and r.headers["X-Request-ID"] == "trace-enc-0001", r.text
+                assert r.status_code == 200 and len(r.headers["X-Request-ID"]) == 32, r.text
                 keys = r.json()["keys"]
                 delivered |= {k["key_ID"]: k["key"] for k in keys}
                 r = slave.post(f"{stack.base}/api/v1/keys/jsonlab-cait/dec_keys",
@@ -118,7 +120,7 @@ def test_json_logs_of_the_live_listeners_hold_no_key_or_token(transactional_db, 
             entries.append(json.loads(line))
         except ValueError:
             pytest.fail(f"not a JSON log line: {line[:200]}")
-    assert any(e.get("request_id") == "trace-enc-0001" for e in entries)
+    assert any(e.get("edge_request_id") == "trace-enc-0001" and e.get("request_id") for e in entries)
     assert any(e["logger"] == "gunicorn.access" and e.get("request_id") for e in entries)
     for key_id, key in delivered.items():
         for form in encodings(key):
