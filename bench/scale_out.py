@@ -12,7 +12,7 @@ Reported: successful operations per second by kind and in total for each phase, 
 and the ratio phase 2 / phase 1 (the baseline measured in the same run). Then, for each tenant and quota key:
 the quota counter == the sum of its ledger rows in the window; no stream left open (key_streams back to 0).
 
-    .venv/bin/python bench/scale_out.py [--seconds 15] [--tenants 4]        (make bench ONLY=scale_out)
+    .venv/bin/python bench/scale_out.py [--seconds 12] [--rounds 2] [--tenants 4]   (make bench ONLY=scale_out)
 
 Needs PostgreSQL and Redis (DATABASE_URL, REDIS_URL: scripts/bench.sh starts them); a temporary database is
 created and dropped. Everything listens on 127.0.0.1 and is stopped on exit.
@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,7 +277,8 @@ def wait_for_workers(redis_url: str, max_seconds: float = 60.0) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15.0, help="load per phase")
+    parser.add_argument("--seconds", type=float, default=12.0, help="load per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of phases (1 then 2 processes)")
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--time-scale", type=float, default=200.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -336,29 +338,43 @@ def main() -> int:
                                 stderr=subprocess.STDOUT)
         stack.callback(stop_process, beat)
 
-        results = {"tenants": args.tenants, "seconds_per_phase": args.seconds, "cpus": os.cpu_count(), "phases": {}}
-        for processes in (1, 2):
-            with Listeners(env, var_dir, processes, ca) as listeners:
-                asyncio.run(load(tenants, listeners, 2.0))  # warm-up: connections, imports, prepared statements
-                load_before = os.getloadavg()[0]
-                stats, elapsed = asyncio.run(load(tenants, listeners, args.seconds))
-            results["phases"][str(processes)] = summary(stats, elapsed)
-            # The machine's 1-minute load average around the phase: the ratio means little when other work
-            # competes for the same cores (it did on the shared 2-core VM: docs/operations.md).
-            results["phases"][str(processes)]["loadavg_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
-            print(f"{processes} web + {processes} gateway process(es): {json.dumps(results['phases'][str(processes)])}",
-                  flush=True)
-        one, two = results["phases"]["1"], results["phases"]["2"]
-        results["ratio_2_vs_1"] = round(two["ops_per_s"] / one["ops_per_s"], 2) if one["ops_per_s"] else None
-        results["ratio_by_kind"] = {
-            kind: round(two["by_kind"][kind]["ok_per_s"] / one["by_kind"][kind]["ok_per_s"], 2)
-            for kind in one["by_kind"] if kind in two["by_kind"] and one["by_kind"][kind]["ok_per_s"]}
+        results = {"tenants": args.tenants, "seconds_per_phase": args.seconds, "rounds": args.rounds,
+                   "cpus": os.cpu_count(), "phases": []}
+        # Rounds alternate 1, 2, 1, 2...: on a shared machine the load of other work drifts, and alternating
+        # puts both sizes under the same drift. Each round's pair gives a ratio; the report is their median and
+        # the ratio of the summed throughputs.
+        for round_no in range(args.rounds):
+            for processes in (1, 2):
+                with Listeners(env, var_dir, processes, ca) as listeners:
+                    asyncio.run(load(tenants, listeners, 2.0))  # warm-up: connections, imports, prepared statements
+                    load_before = os.getloadavg()[0]
+                    stats, elapsed = asyncio.run(load(tenants, listeners, args.seconds))
+                phase = {"round": round_no + 1, "processes": processes, **summary(stats, elapsed),
+                         # the machine's 1-minute load average around the phase (2 cores: above ~2 means other work)
+                         "loadavg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+                results["phases"].append(phase)
+                print(f"round {round_no + 1}: {processes} web + {processes} gateway process(es): {json.dumps(phase)}",
+                      flush=True)
+        by_size = {n: [p for p in results["phases"] if p["processes"] == n] for n in (1, 2)}
+        pairs = [two["ops_per_s"] / one["ops_per_s"] for one, two in zip(by_size[1], by_size[2], strict=True)
+                 if one["ops_per_s"]]
+        results["ratio_per_round"] = [round(r, 2) for r in pairs]
+        results["ratio_2_vs_1_median"] = round(statistics.median(pairs), 2) if pairs else None
+        total = {n: sum(p["ops_per_s"] for p in by_size[n]) for n in (1, 2)}
+        results["ratio_2_vs_1"] = round(total[2] / total[1], 2) if total[1] else None
+        kinds = {k for p in results["phases"] for k in p["by_kind"]}
+        results["ratio_by_kind"] = {}
+        for kind in sorted(kinds):
+            rate = {n: sum(p["by_kind"].get(kind, {}).get("ok_per_s", 0) for p in by_size[n]) for n in (1, 2)}
+            if rate[1]:
+                results["ratio_by_kind"][kind] = round(rate[2] / rate[1], 2)
         wait_for_workers(redis_url)
         rows = ledger_check()
         results["ledger"] = {"checked": len(rows), "exact": all(r["exact"] for r in rows),
                              "mismatches": [r for r in rows if not r["exact"]],
                              "stream_seconds_metered": sum(r.get("stream_seconds_metered", 0) for r in rows)}
-        print(f"ratio 2 vs 1 processes (total successful ops/s): {results['ratio_2_vs_1']}; by kind: "
+        print(f"ratio 2 vs 1 processes (total successful ops/s): {results['ratio_2_vs_1']} (per round "
+              f"{results['ratio_per_round']}, median {results['ratio_2_vs_1_median']}); by kind: "
               f"{json.dumps(results['ratio_by_kind'])}")
         print(f"quota counters == ledger for {len(rows)} tenant/quota pairs: {results['ledger']['exact']}"
               f"{'' if results['ledger']['exact'] else ' ' + json.dumps(results['ledger']['mismatches'])}")
