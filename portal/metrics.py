@@ -38,11 +38,8 @@ import inspect
 import ipaddress
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -50,7 +47,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -180,105 +176,21 @@ def _order_argument(task: Any, args: tuple, kwargs: dict) -> str | None:
 
 
 # -- state computed at scrape time ---------------------------------------------------------------------------------
-def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+# Apps register the series they own, computed at scrape time (as they register readiness checks in portal.health):
+# tenants (quotas), services (orders, the QKD network), qrng (health tests, pool). {name: () -> families}
+STATE_COLLECTORS: dict[str, Callable[[], Iterable[Metric]]] = {}
+
+
+def register_collector(name: str, collect: Callable[[], Iterable[Metric]]) -> None:
+    """Add ``collect`` to every scrape of ``/metrics``; a failure is reported in ``qxaas_metrics_collector_up``."""
+    STATE_COLLECTORS[name] = collect
+
+
+def gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)
     return family
-
-
-def tenant_families() -> Iterator[Metric]:
-    """Quota use and limits (current windows) and live service orders, for every tenant, in a few queries."""
-    from services.orders import order_types
-    from tenants.meters import QUOTA_KEYS, split_quota_key, window_bounds
-    from tenants.models import PlanQuota, QuotaCounter, Tenant, TenantQuotaOverride
-
-    tenants = {t.pk: (t.slug, t.plan_id) for t in Tenant.objects.only("slug", "plan_id")}
-    plan_limits: dict[int, dict[str, int]] = {}
-    for q in PlanQuota.objects.all():
-        plan_limits.setdefault(q.plan_id, {})[q.quota_key] = q.limit
-    overrides: dict[int, dict[str, int]] = {}
-    for o in TenantQuotaOverride.objects.unscoped().all():
-        overrides.setdefault(o.tenant_id, {})[o.quota_key] = o.limit
-    now = datetime.now(UTC)
-    window_start = {key: window_bounds(split_quota_key(key)[1], now)[0] for key in QUOTA_KEYS}
-    used: dict[tuple[int, str], int] = {}
-    for c in QuotaCounter.objects.unscoped().filter(window_start__in=set(window_start.values())):
-        if window_start.get(c.quota_key) == c.window_start:
-            used[(c.tenant_id, c.quota_key)] = c.used
-    limit_samples, used_samples = [], []
-    for tenant_id, (slug, plan_id) in tenants.items():
-        limits = {**plan_limits.get(plan_id, {}), **overrides.get(tenant_id, {})}
-        for key in QUOTA_KEYS:
-            meter, window = split_quota_key(key)
-            labels = [slug, key, meter, window.value]
-            used_samples.append((labels, used.get((tenant_id, key), 0)))
-            limit_samples.append((labels, limits.get(key, 0)))
-    quota_labels = ["tenant", "quota", "meter", "window"]
-    yield _gauge("qxaas_tenant_quota_used", "Use of the tenant's quota in its current window (day, month) or "
-                 "now (concurrent: live tunnels, sessions, streams). The month window of a cumulative meter is "
-                 "a counter reset monthly: rate() of it is the tenant's consumption rate.", quota_labels, used_samples)
-    yield _gauge("qxaas_tenant_quota_limit", "The tenant's quota limit (-1 unlimited, 0 not in the plan).",
-                 quota_labels, limit_samples)
-
-    by_state, by_tenant = [], []
-    for order_type in order_types():
-        model = order_type.model
-        counts: dict[str, int] = dict.fromkeys(model.live_states, 0)
-        per_tenant: dict[int, int] = {}
-        rows = (model.objects.unscoped().filter(state__in=list(model.live_states))
-                .values_list("tenant_id", "state"))
-        for tenant_id, state in rows.iterator():
-            counts[state] = counts.get(state, 0) + 1
-            per_tenant[tenant_id] = per_tenant.get(tenant_id, 0) + 1
-        by_state += [([model.order_kind, state], n) for state, n in counts.items()]
-        by_tenant += [([tenants[t][0], model.order_kind], n) for t, n in per_tenant.items() if t in tenants]
-    yield _gauge("qxaas_service_orders", "Live service orders by kind and state (degraded tunnels, sessions...).",
-                 ["kind", "state"], by_state)
-    yield _gauge("qxaas_tenant_live_orders", "Live service orders of the tenant by kind (streams, tunnels, "
-                 "sessions).", ["tenant", "kind"], by_tenant)
-    yield _gauge("qxaas_tenants", "Tenants by status.", ["status"],
-                 [([status], n) for status, n in _count_by(Tenant.objects.values_list("status", flat=True))])
-
-
-def _count_by(values: Iterable[str]) -> list[tuple[str, int]]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return sorted(counts.items())
-
-
-def qrng_families() -> Iterator[Metric]:
-    from qrng import runtime
-    from qrng.models import SourceAlarm
-
-    failures: dict[tuple[str, str], int] = {}
-    stopped: dict[str, int] = {}
-    for source, test, reset_at in SourceAlarm.objects.values_list("source", "test", "reset_at"):
-        failures[(source, test)] = failures.get((source, test), 0) + 1
-        stopped.setdefault(source, 0)
-        if reset_at is None:
-            stopped[source] = 1
-    failures_family = Metric("qxaas_qrng_health_test_failures", "SP 800-90B health-test failures (alarms) of "
-                             "entropy sources, by test.", "counter")
-    for (source, test), n in sorted(failures.items()):
-        failures_family.add_sample("qxaas_qrng_health_test_failures_total", {"source": source, "test": test}, n)
-    yield failures_family
-    yield _gauge("qxaas_qrng_source_stopped", "1 while an entropy source is stopped by a health-test alarm "
-                 "(until an operator resets it).", ["source"], [([s], v) for s, v in sorted(stopped.items())])
-    current = runtime._current  # only a service this process already runs (building one starts sources)
-    if current is None and settings.REDIS_URL:
-        try:
-            runtime.get_service()  # with Redis the pool is shared and building the service reads nothing
-            current = runtime._current
-        except Exception as exc:  # no source configured or reachable: no pool to report
-            log.debug("no entropy service for the pool level: %s", exc)
-    if current is not None:
-        pool = current.service.pool
-        yield _gauge("qxaas_qrng_pool_bytes", "Health-tested entropy waiting in the pool, bytes.",
-                     ["backend"], [(["redis" if current.redis_client is not None else "local"], pool.level())])
-        yield _gauge("qxaas_qrng_pool_target_bytes", "The pool's fill target, bytes.", [],
-                     [([], settings.QRNG_POOL_TARGET_BYTES)])
 
 
 def _queue_keys(queue: str) -> list[str]:
@@ -305,94 +217,15 @@ def celery_families() -> Iterator[Metric]:
             for key in _queue_keys(queue):
                 pipe.llen(key)
             samples.append(([queue], sum(pipe.execute())))
-    yield _gauge("qxaas_celery_queue_length", "Tasks waiting in the broker (Redis list length).", ["queue"], samples)
-
-
-# -- the QKD network: the KMEs' own series, re-exported ----------------------------------------------------------
-FEDERATE_TIMEOUT_S = (2.0, 4.0)
-FEDERATE_CACHE_S = 5.0  # several web processes and scrapers: ask each KME at most every few seconds
-_federated: tuple[float, list[Metric]] | None = None
-_federate_lock = threading.Lock()
-
-
-def _scrape_node(node) -> tuple[str, str | None, float]:
-    from services import registry
-
-    start = time.perf_counter()
-    client = registry.client_for(node)
-    try:
-        response = client.session.get(client.endpoint.base_url.rstrip("/") + "/metrics", timeout=FEDERATE_TIMEOUT_S)
-    except Exception as exc:  # unreachable, TLS failure: reported as qxaas_kme_up 0
-        log.warning("KME %s: metrics unavailable (%s)", node.node_id, type(exc).__name__)
-        return node.node_id, None, time.perf_counter() - start
-    text = response.text if response.status_code == 200 else ""
-    if response.status_code != 200:
-        log.info("KME %s has no metrics endpoint (HTTP %s)", node.node_id, response.status_code)
-    return node.node_id, text, time.perf_counter() - start
-
-
-def network_families() -> list[Metric]:
-    global _federated
-    with _federate_lock:
-        if _federated is not None and time.monotonic() - _federated[0] < FEDERATE_CACHE_S:
-            return _federated[1]
-        families = _federate()
-        _federated = (time.monotonic(), families)
-        return families
-
-
-def _federate() -> list[Metric]:
-    from services import registry
-    from services.models import QkdNode
-
-    registry.ensure_twin_registered()
-    nodes = sorted(QkdNode.objects.filter(enabled=True), key=lambda n: n.node_id)
-    if not nodes:
-        return []
-    with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
-        results = list(pool.map(_scrape_node, nodes))
-    merged: dict[str, Metric] = {}
-    seen: set[tuple] = set()
-    up, seconds = [], []
-    for node_id, text, elapsed in results:
-        up.append(([node_id], 0.0 if text is None else 1.0))
-        seconds.append(([node_id], elapsed))
-        if not text:
-            continue
-        try:
-            families = list(text_string_to_metric_families(text))
-        except ValueError as exc:
-            log.warning("KME %s: unparsable metrics (%s)", node_id, exc)
-            continue
-        for family in families:
-            out = merged.get(family.name)
-            if out is None:
-                out = merged[family.name] = Metric(family.name, family.documentation, family.type)
-            for sample in family.samples:
-                identity = (sample.name, tuple(sorted(sample.labels.items())))
-                if identity in seen:
-                    continue
-                seen.add(identity)
-                labels = dict(sample.labels)
-                labels.setdefault("node", node_id)  # qkd_node_* series already name their node
-                out.add_sample(sample.name, labels, sample.value)
-    return [
-        _gauge("qxaas_kme_up", "1 when the portal read the KME's metrics (0: unreachable or refused).",
-               ["node"], up),
-        _gauge("qxaas_kme_scrape_duration_seconds", "Time to read the KME's metrics.", ["node"], seconds),
-        *merged.values(),
-    ]
+    yield gauge("qxaas_celery_queue_length", "Tasks waiting in the broker (Redis list length).", ["queue"], samples)
 
 
 class StateCollector(Collector):
     """The scrape-time series; a part that fails is reported in ``qxaas_metrics_collector_up`` and skipped."""
 
-    PARTS = (("tenants", tenant_families), ("qrng", qrng_families), ("celery", celery_families),
-             ("network", network_families))
-
     def collect(self) -> Iterator[Metric]:
         status = []
-        for name, part in self.PARTS:
+        for name, part in (("celery", celery_families), *STATE_COLLECTORS.items()):
             try:
                 families = list(part())
             except Exception:
@@ -401,7 +234,7 @@ class StateCollector(Collector):
                 continue
             status.append(([name], 1.0))
             yield from families
-        yield _gauge("qxaas_metrics_collector_up", "1 when the part of the scrape computed from the database, "
+        yield gauge("qxaas_metrics_collector_up", "1 when the part of the scrape computed from the database, "
                      "Redis or the KMEs succeeded.", ["collector"], status)
 
 

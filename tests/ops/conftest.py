@@ -6,15 +6,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from portal import metrics
-from services import registry
-from tests.services.conftest import Lab, backend_twin, make_lab, network  # noqa: F401 - fixtures
-from tests.tenants.conftest import client_for, make_tenant, make_user, member, plan, two_tenants  # noqa: F401
-from tests.twin.conftest import RunningTwin, start_twin, twin_factory  # noqa: F401 - fixtures
+from services import metrics, registry
 
 
 @pytest.fixture
-def own_twin(db, settings, twin_factory):  # noqa: F811
+def own_twin(db, settings, twin_factory):
     """A madqci twin of this test alone (tests cut its links), registered as the portal's network."""
     twin = twin_factory("madqci", time_scale=50.0)
     twin.wait_for_key("sae-cait-1", "sae-rectorado-1", count=50)
