@@ -7,20 +7,11 @@ Two kinds of series:
   ``PROMETHEUS_MULTIPROC_DIR`` set each process writes its values to memory-mapped files there and a scrape
   sums the files (prometheus_client's multiprocess mode); ``METRICS_EXTRA_DIRS`` adds other processes' folders on
   the same host (the Celery worker's), so one scrape of the web listener covers web and workers.
-- **State series** computed at scrape time from the systems that own the state, so no process keeps shared
-  counters that could drift: per-tenant quota use and limits and live service orders (the database: the
-  same counters ``tenants.quota`` enforces), service orders by kind and state, QRNG health-test failures and pool
-  level, the Celery queue depth (Redis), and the QKD links.
-
-The QKD links' series are the KMEs' own: the portal scrapes each registered node's ``/metrics`` (the twin exports
-key rate, QBER, excess noise, reconciliation efficiency, aborted blocks, key-store fill, link state) with the
-credentials it already holds for that node (the twin wants the portal's client certificate) and re-exports them
-with a ``node`` label naming the KME that reported them. Why here and not a Prometheus job per KME: the portal
-has the node registry and the mTLS credentials (a job per KME would need the portal's private key copied to
-the Prometheus host and a config change whenever an operator adds a node), and it can say which KMEs did not
-answer (``qxaas_kme_up``), including real KMEs that have no Prometheus endpoint. A single-process twin reports
-the whole network at every node: a series is taken from the first node (in node order) that reports it, so
-each link appears once and another node still reports it when one KME is down.
+- **State series** computed at scrape time by the apps that own the state (registered with
+  ``register_collector`` in their ``ready()``, as readiness checks are with ``portal.health``), so no process
+  keeps shared counters that could drift: ``tenants.metrics`` (quota use and limits), ``services.metrics``
+  (service orders by kind and state, per tenant; the QKD links' series re-exported from the KMEs with a ``node``
+  label), ``qrng.metrics`` (health-test failures, pool level); and here the Celery queue depth (Redis).
 
 Cardinality is bounded: labels are tenants, meters, order kinds and states, links, nodes, sources, routes
 (URL patterns, not paths), task names; never a key, stream, request or order ID.
