@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import gc
+import os
+
+if os.environ.get("LOG_FORMAT", "").lower() == "json":
+    # gunicorn's own lines (start-up, worker restarts, the access log) as JSON too, through the portal's handler.
+    from portal.logs import logging_config
+
+    logconfig_dict = logging_config("json", os.environ.get("LOG_LEVEL", "INFO"), {})
+    logconfig_dict["loggers"] = {name: {"handlers": [], "propagate": True, "level": "INFO"}
+                                 for name in ("gunicorn.error", "gunicorn.access")}
 
 
 def post_worker_init(worker) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,26 @@ def commands(port: int) -> dict[str, list[str]]:
     return procs
 
 
+# Each process kind writes its metrics into a folder of its own (prometheus_client's multiprocess mode), emptied
+# at start; the web listener's /metrics also sums the worker's (docs/operations.md, "Metrics").
+METRICS_FOLDERS = {"web": "web", "worker": "worker", "etsi-https": "gateway"}
+
+
+def child_env(name: str) -> dict[str, str]:
+    env = dict(os.environ)
+    folder = METRICS_FOLDERS.get(name)
+    if folder is None:
+        return env
+    root = Path(os.environ.get("QXAAS_VAR_DIR", str(BASE_DIR / "var"))) / "metrics"
+    path = root / folder
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    if name == "web":
+        env["METRICS_EXTRA_DIRS"] = str(root / "worker")
+    return env
+
+
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     children: dict[str, subprocess.Popen] = {}
@@ -58,7 +79,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     for name, cmd in commands(port).items():
-        children[name] = subprocess.Popen(cmd, cwd=BASE_DIR)  # noqa: S603 - our own fixed commands
+        children[name] = subprocess.Popen(cmd, cwd=BASE_DIR, env=child_env(name))  # noqa: S603 - our own commands
         print(f"[runstack] started {name} (pid {children[name].pid})", flush=True)
     # The IPsec lab (namespaces + one charon per node; needs root and strongSwan, else IPsec says unavailable).
     subprocess.run([sys.executable, "manage.py", "ipsec_lab", "up"], cwd=BASE_DIR, check=False)

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from .api.root import api_root
 from .health import healthz, readyz
+from .metrics import metrics_view
 
 # The admin signs in through allauth, so MFA covers operators there too.
 admin.site.login = login_required(admin.site.login)
@@ -19,6 +20,7 @@ urlpatterns = [
     path("tunnels/", include("ipsec.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
     path("api/", api_root, name="api-root"),

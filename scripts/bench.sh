@@ -12,7 +12,7 @@ start_services bench
 OUT="$(pwd)/var/bench"
 mkdir -p "$OUT"
 ALL="twin_bringup twin_kme gateway_overhead gateway_concurrency etsi004_streams qrng_health qrng_stream qrng_api
-     protocol_throughput ipsec_tunnels tls_sessions"
+     protocol_throughput ipsec_tunnels tls_sessions scale_out"
 for name in ${ONLY:-$ALL}; do
   args_var="BENCH_ARGS_$name"
   echo "== bench/$name.py ${!args_var:-}"

@@ -4,11 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
 
-install_debs postgresql redis-server curl   # CI runs as root on a fresh Debian 12
+# CI runs as root on a fresh Debian 12: everything the suite needs, installed here
+install_debs postgresql redis-server curl
 # the IPsec lab (tests/ipsec): charon with kernel-libipsec, swanctl tools, namespaces, ping and tcpdump
 install_debs strongswan-charon libcharon-extra-plugins strongswan-swanctl iproute2 iputils-ping tcpdump
-install_debs postgresql redis-server curl stunnel4 openssl   # CI runs as root on a fresh Debian 12
-install_debs postgresql redis-server curl poppler-utils   # CI runs as root on a fresh Debian 12
+install_debs stunnel4 openssl          # TLS sessions (tests/tls)
+install_debs poppler-utils             # pdftotext reads invoice PDFs back (tests/billing)
+install_debs prometheus nginx-light systemd   # promtool, nginx -t, systemd-analyze (tests/ops)
 make --no-print-directory venv
 # Throwaway test clusters need no durability.
 PG_OPTS="-c fsync=off -c synchronous_commit=off" start_services test

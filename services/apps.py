@@ -8,6 +8,7 @@ class ServicesConfig(AppConfig):
     def ready(self) -> None:
         from . import (
             checks,  # noqa: F401 - registers the SD-QKD readiness check
+            metrics,  # noqa: F401 - registers the orders' and the QKD network's /metrics series
             orders,
             streams,
         )

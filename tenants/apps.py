@@ -6,4 +6,7 @@ class TenantsConfig(AppConfig):
     verbose_name = "Tenants, quotas and metering"
 
     def ready(self) -> None:
-        from . import schema  # noqa: F401 - registers the OpenAPI auth extension
+        from . import (
+            metrics,  # noqa: F401 - registers the tenants' /metrics series
+            schema,  # noqa: F401 - registers the OpenAPI auth extension
+        )

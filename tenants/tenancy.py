@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.contrib import messages
 
+from portal import logs
 from portal.errors import ApiError, BadRequest, Forbidden, NotFound
 
 from .models import ApiToken, Membership, Tenant
@@ -65,6 +66,7 @@ def resolve_tenant(request, slug: str | None = None) -> TenantContext:
             scopes |= frozenset(ROLE_SCOPES["owner"]) | {"operator"}
     if not tenant.is_active:
         raise Forbidden(f"tenant {tenant.slug!r} is suspended")
+    logs.bind(tenant=tenant.slug)  # the request's log lines name its tenant (LOG_FORMAT=json: a field)
     return TenantContext(tenant=tenant, role=role, scopes=scopes, token=token)
 
 

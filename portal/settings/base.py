@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 import environ
 
+from portal.logs import logging_config
 from portal.version import VERSION as QXAAS_VERSION  # from the package metadata
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -67,6 +68,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.logs.RequestContextMiddleware",  # request ID in logs, the X-Request-ID header and error bodies
+    "portal.metrics.MetricsMiddleware",  # HTTP requests and latency by URL pattern (/metrics)
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -146,6 +149,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# JSON logs: the worker keeps the portal's handlers instead of installing Celery's plain-text ones.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = env.str("LOG_FORMAT", default="plain").lower() != "json"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
@@ -291,21 +296,21 @@ BILLING_WEBHOOK_MAX_ATTEMPTS = env.int("BILLING_WEBHOOK_MAX_ATTEMPTS", default=8
 BILLING_WEBHOOK_ALLOW_PRIVATE = env.bool("BILLING_WEBHOOK_ALLOW_PRIVATE", default=False)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")  # "json": one JSON object per line (portal.logs)
 CELERY_JOB_LOG_LEVEL = env.str("CELERY_JOB_LOG_LEVEL", default="WARNING")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.db.backends": {"level": "WARNING"},
-        # Beat runs jobs every few seconds: one INFO line per job sent, received and done would bury everything
-        # else. Failures still log at ERROR. CELERY_JOB_LOG_LEVEL=INFO brings them back.
-        **{name: {"level": CELERY_JOB_LOG_LEVEL}
-           for name in ("celery.beat", "celery.worker.strategy", "celery.app.trace")},
-    },
-}
+LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL, {
+    "django.db.backends": "WARNING",
+    # Beat runs jobs every few seconds: one INFO line per job sent, received and done would bury everything
+    # else. Failures still log at ERROR. CELERY_JOB_LOG_LEVEL=INFO brings them back.
+    **dict.fromkeys(("celery.beat", "celery.worker.strategy", "celery.app.trace"), CELERY_JOB_LOG_LEVEL),
+})
+
+# --- Metrics (portal.metrics, docs/operations.md) ----------------------------------------------------------
+# /metrics answers a Bearer METRICS_TOKEN, or direct connections from these networks (default loopback only).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+# Other processes' PROMETHEUS_MULTIPROC_DIR on this host (the Celery worker's) summed into /metrics.
+METRICS_EXTRA_DIRS = env.list("METRICS_EXTRA_DIRS", default=[])
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False

@@ -67,7 +67,9 @@ class EntropyViewMixin:
     content_negotiation_class = JsonOnlyNegotiation
 
     def initialize_request(self, request, *args, **kwargs):
-        self.request_id = delivery.new_request_id()
+        # The portal's own request ID (portal.logs: made by the server, never the client's) names the ledger row,
+        # the X-Request-Id header and the request's log lines alike.
+        self.request_id = getattr(request, "request_id", "") or delivery.new_request_id()
         return super().initialize_request(request, *args, **kwargs)
 
     def finalize_response(self, request, response, *args, **kwargs):

@@ -18,6 +18,7 @@ access log has the request line, which never holds key material: ETSI 014 key ID
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import threading
@@ -34,6 +35,7 @@ from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
 from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
 from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body, standard_status
+from services.gateway import metrics as gateway_metrics
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
 from tenants.ratelimit import take
 
@@ -65,9 +67,10 @@ class Gateway:
 
     async def run(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None,
                   **kwargs: Any) -> T:
-        """``fn`` in the database pool (Django connections are per thread, and stay open between jobs)."""
-        return await asyncio.get_running_loop().run_in_executor(pool or self.pool,
-                                                                 functools.partial(_job, fn, *args, **kwargs))
+        """``fn`` in the database pool (Django connections are per thread, and stay open between jobs), in a copy
+        of the request's context (its log lines keep the request ID and tenant)."""
+        job = functools.partial(contextvars.copy_context().run, _job, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool or self.pool, job)
 
     def kme(self, node) -> AsyncKmeClient:
         key, endpoint = registry.endpoint_for(node)
@@ -263,6 +266,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=4 << 20)
     app["gateway"] = gateway
     app.router.add_get("/gateway/healthz", healthz)
+    gateway_metrics.install(app)  # /gateway/metrics, request counts and latency, X-Request-ID
     for method in ("GET", "POST"):
         app.router.add_route(method, "/api/v1/keys/{sae}/status", status_view)
         app.router.add_route(method, "/api/v1/keys/{sae}/enc_keys", enc_keys_view)
