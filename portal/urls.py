@@ -31,3 +31,5 @@ urlpatterns = [
     path("api/", include("services.api.urls")),
     path("api/", include("qrng.api.urls")),
 ]
+
+handler500 = "portal.views.server_error"  # a dependency that is away: 503 with Retry-After

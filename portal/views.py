@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
+import sys
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views import defaults
 from django.views.decorators.http import require_GET, require_http_methods
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, permission_classes
@@ -14,6 +19,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
+from portal import errors
 from portal.errors import ApiError
 from tenants import quota, tokens
 from tenants.models import ApiToken, Membership, Scope, Tenant
@@ -27,10 +33,46 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def sees_health_detail(request: HttpRequest) -> bool:
+    """Operators see which dependency is down: the health token (``HEALTH_TOKEN``; ``var/health-token`` under
+    ``make run``), which works while the database is down, or a staff session (which needs the database)."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and settings.HEALTH_TOKEN:
+        return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), settings.HEALTH_TOKEN.encode())
+    try:
+        return bool(request.user.is_authenticated and request.user.is_staff)
+    except Exception:  # the session store (database) is down: anonymous, never an error page
+        return False
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
+    """200 ``{"status": "ok", "code": "ready"}`` or 503 ``{"status": "unavailable", "code": "not_ready"}``;
+    operators also get ``checks``: each dependency's state and, while down, its error."""
     ok, checks = readiness()
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    body: dict = {"status": "ok" if ok else "unavailable", "code": "ready" if ok else "not_ready"}
+    if sees_health_detail(request):
+        body["checks"] = checks
+    response = JsonResponse(body, status=200 if ok else 503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+ETSI_PREFIXES = ("/api/v1/keys/", "/api/etsi004/")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: a dependency that is away (PostgreSQL, Redis, the broker) is a 503 in the API's error shape
+    (the ETSI shape on ETSI paths) with Retry-After, on any path; anything else is Django's plain 500."""
+    unavailable = errors.dependency_unavailable(sys.exc_info()[1]) if sys.exc_info()[1] else None
+    if unavailable is None:
+        return defaults.server_error(request)
+    if request.path.startswith(ETSI_PREFIXES):
+        status, body, headers = errors.describe_etsi(unavailable)
+    else:
+        status, code, message, details, headers = errors.describe(unavailable)
+        body = errors.error_body(code, message, details)
+    return JsonResponse(body, status=status, headers=headers)
 
 
 @extend_schema(summary="API root: links to every collection", responses={200: dict})
@@ -166,4 +208,5 @@ def operator_tenants(request: HttpRequest) -> HttpResponse:
         states = {s.quota_key: s for s in quota.quota_states(tenant)}
         rows.append({"tenant": tenant, "key_bits": states.get("qkd_key_bits.month"),
                      "entropy": states.get("entropy_bytes.month")})
-    return render(request, "portal/operator_tenants.html", {"rows": rows})
+    _ok, health = readiness()
+    return render(request, "portal/operator_tenants.html", {"rows": rows, "health": health})

@@ -48,9 +48,14 @@ def start_report(tenant: Tenant, n_bytes: int, source: str = "", user=None) -> Q
     return report
 
 
-def run_report(report_id: str) -> str:
-    """The job: draw, test, record progress and the result (p-values and statistics only)."""
-    rows = QualityReport.objects.unscoped().filter(pk=report_id, state=QualityReport.State.QUEUED)
+def run_report(report_id: str, *, take_over: bool = False) -> str:
+    """The job: draw, test, record progress and the result (p-values and statistics only).
+
+    Claimed by a conditional UPDATE from QUEUED, so two deliveries of one job run it once; ``take_over`` (the
+    broker delivered the job again because the worker running it died) also claims a RUNNING report, whose
+    run is dead. The result is written once, by whichever run finishes."""
+    claimable = [QualityReport.State.QUEUED, *([QualityReport.State.RUNNING] if take_over else [])]
+    rows = QualityReport.objects.unscoped().filter(pk=report_id, state__in=claimable)
     if rows.update(state=QualityReport.State.RUNNING, started_at=timezone.now(), stage="drawing") == 0:
         return "not queued"  # already picked up (a redelivered task) or gone
     report = QualityReport.objects.unscoped().get(pk=report_id)
@@ -65,6 +70,6 @@ def run_report(report_id: str) -> str:
         log.warning("quality report %s failed: %s", report_id, exc)
         this.update(state=QualityReport.State.FAILED, error=str(exc)[:500], finished_at=timezone.now())
         return QualityReport.State.FAILED
-    this.update(state=QualityReport.State.DONE, result=result, progress=1.0, stage="done",
-                finished_at=timezone.now())
+    this.filter(state=QualityReport.State.RUNNING).update(
+        state=QualityReport.State.DONE, result=result, progress=1.0, stage="done", finished_at=timezone.now())
     return QualityReport.State.DONE

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from portal.reliability import durable_task, redelivered
 from qrng import reports, runtime
 
 
@@ -12,6 +13,7 @@ def fill_pool() -> dict:
     return runtime.fill_pool()
 
 
-@shared_task(ignore_result=True)
-def run_quality_report(report_id: str) -> str:
-    return reports.run_report(report_id)
+@durable_task(bind=True)
+def run_quality_report(self, report_id: str) -> str:
+    # Delivered again after its worker died: the dead run's RUNNING report is taken over, not skipped.
+    return reports.run_report(report_id, take_over=redelivered(self))

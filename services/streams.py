@@ -287,7 +287,9 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
     node, backend_sae = _backend_identity(stream, side)
     try:
         answer = backend(node).get_key(str(stream.backend_ksid), index=index, acting_as=backend_sae)
-    except (KmeRejected, KmeUnavailable) as exc:
+    except KmeRejected as exc:
+        return lost_at_backend(stream, node, exc)
+    except KmeUnavailable as exc:
         raise _backend_error(exc, node) from None
     if answer.status == client004.TIMEOUT:
         expire(stream)
@@ -339,6 +341,17 @@ def expire(stream: KeyStream) -> bool:
     return orders.finish(stream, KeyStream.State.EXPIRED, "TTL expired")
 
 
+def lost_at_backend(stream: KeyStream, node: QkdNode, exc: KmeRejected) -> dict[str, Any]:
+    """The KME refuses a live stream's get_key (its input was checked here first): it no longer knows the stream,
+    typically because it restarted. The stream ends here too, its ``key_streams`` slot is released (once, by
+    ``orders.finish``), and the SAE is told with 004 status 4 (no QKD connection); it may open a new stream."""
+    if orders.finish(stream, KeyStream.State.CLOSED, f"lost by the KME of {node.node_id}: {exc.message}"[:500]):
+        log.warning("key stream %s ended: the KME of %s no longer knows it (%s)", stream.ksid, node.node_id,
+                    exc.message)
+    return _answer(stream, client004.NO_QKD_CONNECTION,
+                   message="the QKD network lost this key stream (KME restart); open a new one")
+
+
 # -- filling the backend's buffer ---------------------------------------------------------------------------
 def prefetch_supported(node: QkdNode) -> bool:
     # Prefetch asks get_key with metadata_size=0: the twin makes the chunk at both ends and answers status 8
@@ -363,7 +376,10 @@ def fill_stream(stream: KeyStream, deadline: float, now: datetime | None = None)
         try:
             answer: StreamAnswer = client.get_key(str(stream.backend_ksid), index=index, metadata_size=0,
                                                   acting_as=stream.backend_source_sae)
-        except (KmeRejected, KmeUnavailable) as exc:
+        except KmeRejected as exc:
+            lost_at_backend(stream, node, exc)
+            break
+        except KmeUnavailable as exc:
             log.info("prefetching key stream %s: %s", stream.backend_ksid, exc.message)
             break
         if answer.status != client004.METADATA_TOO_SMALL:
