@@ -16,6 +16,7 @@ import collections
 import contextlib
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def commands(port: int) -> dict[str, list[str]]:
     if embedded_twin and find_spec("services.sdqkd.twin.__main__") is not None:
         state = os.environ.get("QKD_TWIN_STATE_DIR", f"{var}/twin")
         procs["twin"] = [py, "-m", "services.sdqkd.twin", "--state-dir", state,
-                         "--topology", os.environ.get("QKD_TWIN_TOPOLOGY", "madqci")]
+                         "--topology", os.environ.get("QKD_TWIN_TOPOLOGY", "madqci"),
+                         *shlex.split(os.environ.get("QKD_TWIN_ARGS", ""))]  # e.g. "--base-port 9400"
     return procs
 
 

@@ -293,6 +293,9 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
         raise _backend_error(exc, node) from None
     if answer.status == client004.TIMEOUT:
         expire(stream)
+    if answer.status == client004.INSUFFICIENT_KEY and handed_out_before(answer):
+        return lost_at_backend(stream, node, KmeRejected(f"chunk {index} was handed out to a request that never "
+                                                         "completed (a portal process died)", status=409))
     if answer.status != client004.SUCCESSFUL:
         return _answer(stream, answer.status, index=index, message=answer.message or "the KME has no chunk now")
     if not answer.key_buffer or answer.index not in (None, index):
@@ -341,11 +344,20 @@ def expire(stream: KeyStream) -> bool:
     return orders.finish(stream, KeyStream.State.EXPIRED, "TTL expired")
 
 
+def handed_out_before(answer: StreamAnswer) -> bool:
+    """The KME will not hand this chunk to this SAE again, although the portal never delivered it (its next index
+    is still there): a portal process died between the KME's answer and its own commit, and the chunk died with
+    it. (The twin says so in its status-2 message; other KMEs may word it differently.)"""
+    return "already delivered" in (answer.message or "")
+
+
 def lost_at_backend(stream: KeyStream, node: QkdNode, exc: KmeRejected) -> dict[str, Any]:
     """The KME refuses a live stream's get_key (its input was checked here first): it no longer knows the stream,
-    typically because it restarted. The stream ends here too, its ``key_streams`` slot is released (once, by
-    ``orders.finish``), and the SAE is told with 004 status 4 (no QKD connection); it may open a new stream."""
-    if orders.finish(stream, KeyStream.State.CLOSED, f"lost by the KME of {node.node_id}: {exc.message}"[:500]):
+    typically because it restarted, or a chunk was lost in flight (``handed_out_before``), after which the two
+    SAEs could no longer agree on the stream's chunks. The stream ends here too, its ``key_streams`` slot is
+    released (once, by ``orders.finish``), and the SAE is told with 004 status 4 (no QKD connection); it may open
+    a new stream."""
+    if orders.finish(stream, KeyStream.State.CLOSED, f"lost at the KME of {node.node_id}: {exc.message}"[:500]):
         log.warning("key stream %s ended: the KME of %s no longer knows it (%s)", stream.ksid, node.node_id,
                     exc.message)
     return _answer(stream, client004.NO_QKD_CONNECTION,
