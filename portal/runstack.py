@@ -94,7 +94,7 @@ class Component:
     cmd: list[str]
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
-    backoff_s: float = BACKOFF_MIN_S
+    backoff_s: float = field(default_factory=lambda: BACKOFF_MIN_S)
     restart_at: float | None = None  # when a dead component is due to start again
     restarts: collections.deque = field(default_factory=collections.deque)  # monotonic times of restarts
     last_lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LAST_LINES))

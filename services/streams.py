@@ -293,7 +293,7 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
         raise _backend_error(exc, node) from None
     if answer.status == client004.TIMEOUT:
         expire(stream)
-    if answer.status == client004.INSUFFICIENT_KEY and handed_out_before(answer):
+    if answer.status == client004.INSUFFICIENT_KEY and chunk_died_in_flight(stream, side, index, answer):
         return lost_at_backend(stream, node, KmeRejected(f"chunk {index} was handed out to a request that never "
                                                          "completed (a portal process died)", status=409))
     if answer.status != client004.SUCCESSFUL:
@@ -344,11 +344,26 @@ def expire(stream: KeyStream) -> bool:
     return orders.finish(stream, KeyStream.State.EXPIRED, "TTL expired")
 
 
+IN_FLIGHT_GRACE_S = 1.0  # how long a concurrent request for the same chunk gets to record it
+
+
 def handed_out_before(answer: StreamAnswer) -> bool:
-    """The KME will not hand this chunk to this SAE again, although the portal never delivered it (its next index
-    is still there): a portal process died between the KME's answer and its own commit, and the chunk died with
-    it. (The twin says so in its status-2 message; other KMEs may word it differently.)"""
+    """The KME says it handed this chunk to this SAE already (the twin says so in its status-2 message; other
+    KMEs may word it differently)."""
     return "already delivered" in (answer.message or "")
+
+
+def chunk_died_in_flight(stream: KeyStream, side: str, index: int, answer: StreamAnswer) -> bool:
+    """The KME handed chunk ``index`` out already, but the portal never delivered it to this side (the side's
+    next index has not passed it): a portal process died between the KME's answer and its own commit, and the
+    chunk died with it. A concurrent request of the same SAE for the same chunk may still be recording it, so
+    the side's index is read again after a grace period before the chunk is declared lost."""
+    if not handed_out_before(answer) or index < getattr(stream, f"next_index_{side}"):
+        return False
+    time.sleep(IN_FLIGHT_GRACE_S)
+    field = f"next_index_{side}"
+    current = KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).values_list(field, flat=True)
+    return index >= (current.first() or 0)
 
 
 def lost_at_backend(stream: KeyStream, node: QkdNode, exc: KmeRejected) -> dict[str, Any]:

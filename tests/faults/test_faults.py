@@ -461,14 +461,29 @@ def test_the_stack_heals_every_fault_and_loses_nothing(stack, capsys):
             time.sleep(0.5)
         return time.monotonic() - report["killed_at"]
 
+    readiness_seen: dict[str, list[str]] = {}
+
+    def readyz_while_down(fault: str, dependency: str) -> None:
+        """/readyz tells the truth while it is down: 503 and a stable code for anyone, which dependency for
+        operators (the health token)."""
+        anonymous = requests.get(stack.base + "/readyz", timeout=10)
+        assert anonymous.status_code == 503 and anonymous.json() == {"status": "unavailable", "code": "not_ready"}
+        operator = requests.get(stack.base + "/readyz", headers={"Authorization": "Bearer faults-health-token"},
+                                timeout=10)
+        down = sorted(name for name, check in operator.json()["checks"].items() if not check["ok"])
+        assert operator.status_code == 503 and dependency in down, operator.text
+        readiness_seen[fault] = down
+
     def restart_pg() -> None:
         stack.backends.stop_pg("immediate")
-        time.sleep(1.0)
+        readyz_while_down("restart PostgreSQL", "database")
+        time.sleep(0.5)
         stack.backends.start_pg()
 
     def restart_redis() -> None:
         stack.backends.stop_redis()
-        time.sleep(1.0)
+        readyz_while_down("restart Redis", "cache")
+        time.sleep(0.5)
         stack.backends.start_redis()
 
     def cut_link() -> None:
@@ -542,6 +557,8 @@ def test_the_stack_heals_every_fault_and_loses_nothing(stack, capsys):
                       f"{row['charged_not_received_bits']}")
                 for kind, outcomes in row["clients_saw"].items():
                     print(f"    {kind:<22} {outcomes}")
+            for fault, down in readiness_seen.items():
+                print(f"/readyz during '{fault}': 503 not_ready; operators see down: {down}")
             if "redelivered_done_s" in report:
                 print(f"the quality report running when the worker was killed: delivered again and done "
                       f"{report['redelivered_done_s']} s after the kill (visibility timeout 25 s in this test)")
