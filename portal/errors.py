@@ -2,7 +2,7 @@
 
 Services raise these exceptions; ``api_exception_handler`` renders them (and DRF's own) as
 ``{"error": {"code": ..., "message": ..., "details": ...}}`` with the right status and headers.
-ETSI endpoints render the same exceptions in the ETSI error format instead (see services app).
+ETSI endpoints render the same exceptions in the ETSI error format instead (services.etsi014.describe_etsi).
 """
 
 from __future__ import annotations
@@ -147,16 +147,6 @@ def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     raise exc
 
 
-def describe_etsi(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, body, headers) in the ETSI GS QKD 014 error format ``{"message", "details": [...]}``."""
-    status_code, _code, message, details, headers = describe(exc)
-    body: dict[str, Any] = {"message": message}
-    if details is not None:
-        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
-                                                                     else {"detail": details}]
-    return status_code, body, headers
-
-
 def api_exception_handler(exc: Exception, context: dict):
     """DRF's EXCEPTION_HANDLER. (Imports are local: DRF loads this module while it is itself loading.)"""
     from rest_framework.response import Response
@@ -167,3 +157,23 @@ def api_exception_handler(exc: Exception, context: dict):
     except Exception:  # not ours: let DRF/Django produce the 500 (and log it)
         return drf_exception_handler(exc, context)
     return Response(error_body(code, message, details), status=status_code, headers=headers)
+
+
+ETSI_PREFIXES = ("/api/v1/keys/", "/api/etsi004/")
+
+
+def server_error(request):
+    """handler500: a dependency that is away (PostgreSQL, Redis, the broker) is a 503 in the API's error shape
+    (the ETSI shape on ETSI paths) with Retry-After, on any path; anything else is Django's plain 500."""
+    import sys
+
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    unavailable = dependency_unavailable(sys.exc_info()[1]) if sys.exc_info()[1] else None
+    if unavailable is None:
+        return defaults.server_error(request)
+    status_code, code, message, details, headers = describe(unavailable)
+    # ETSI paths: the ETSI error shape ({"message"}), as services.etsi014.describe_etsi renders it.
+    body = {"message": message} if request.path.startswith(ETSI_PREFIXES) else error_body(code, message, details)
+    return JsonResponse(body, status=status_code, headers=headers)

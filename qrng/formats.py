@@ -24,7 +24,7 @@ import numpy as np
 
 Reader = Callable[[int], bytes]
 
-MAX_REQUEST_BYTES = 512 * 1024  # one non-streamed request (handbook: cap one request, e.g. 512 KiB)
+MAX_REQUEST_BYTES = 512 * 1024  # one non-streamed request: a cap on one JSON/text body
 MAX_STREAM_BYTES = 1 << 30  # one streamed raw/hex/base64 request
 MAX_COUNT = 65536  # numbers in one array response
 ANU_MAX_LENGTH = 1024

@@ -68,8 +68,21 @@ def status(master: Sae, slave_name: str) -> dict[str, Any]:
         "max_key_per_request": backend.get("max_key_per_request", 1),
         "max_key_size": backend.get("max_key_size", 256),
         "min_key_size": backend.get("min_key_size", 8),
-        "max_SAE_ID_count": backend.get("max_SAE_ID_count", 0),
+        "max_SAE_ID_count": min(backend.get("max_SAE_ID_count", 0), _multicast_room(master, slave, pair)),
     }
+
+
+def _multicast_room(master: Sae, slave: Sae, pair: BackendPair) -> int:
+    """How many additional slaves this master could name with this slave now: each needs a tenant SAE of its
+    own and a portal SAE identity at its node that the master and the slave do not use already
+    (``multicast_backend_saes``). What status advertises is what enc_keys then accepts."""
+    used = {(pair.master_node.pk, pair.master_sae), (slave.node_id, pair.slave_sae)}
+    per_node: dict[int, list[int]] = {}
+    others = Sae.objects.for_tenant(master.tenant).exclude(pk__in=[master.pk, slave.pk]).select_related("node")
+    for sae in others:
+        per_node.setdefault(sae.node_id, [0, len([b for b in sae.node.backend_sae_ids
+                                                  if (sae.node_id, b) not in used])])[0] += 1
+    return sum(min(saes, identities) for saes, identities in per_node.values())
 
 
 def _int(value: Any, name: str) -> int:

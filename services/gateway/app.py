@@ -22,7 +22,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -30,9 +30,10 @@ import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from django.db import DatabaseError, connections
 
-from portal.errors import BadRequest, ServiceUnavailable, describe_etsi
+from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
 from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
+from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body, standard_status
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
 from tenants.ratelimit import take
 
@@ -138,19 +139,6 @@ def etsi_error(exc: Exception, headers: dict[str, str] | None = None) -> web.Res
     return _json(body, {**(headers or {}), **extra}, status)
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    """The JSON object of a POST (parsed in the job, after authentication: no credentials is a 401 first)."""
-    if not raw.strip():
-        return {}
-    try:
-        data = orjson.loads(raw)
-    except ValueError:
-        raise BadRequest("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
-
-
 def etsi_view(scope: str):
     """An ETSI 014 handler: errors in the ETSI format with the rate-limit headers of the request."""
     def wrap(handler):
@@ -160,7 +148,8 @@ def etsi_view(scope: str):
             try:
                 return await handler(request, request.app["gateway"], scope, state)
             except web.HTTPException as exc:  # aiohttp's own refusals (a body over the size limit: 413)
-                return _json({"message": exc.reason}, state["headers"], exc.status)
+                status, headers = standard_status(exc.status, state["headers"])
+                return _json({"message": exc.reason}, headers, status)
             except Exception as exc:  # describe() re-raises what is not the portal's error
                 try:
                     return etsi_error(exc, state["headers"])
@@ -185,14 +174,9 @@ async def status_view(request: web.Request, gateway: Gateway, scope: str, state:
 
 def _order(credentials: tuple, scope: str, slave: str, query: dict[str, str], raw: bytes | None):
     master, headers = _caller(credentials, scope)
-    if raw is None:  # GET
-        params = {"number": query.get("number"), "size": query.get("size")}
-    else:
-        b = _body(raw)
-        params = {"number": b.get("number"), "size": b.get("size"),
-                  "additional_slave_sae_ids": b.get("additional_slave_SAE_IDs"),
-                  "extension_mandatory": b.get("extension_mandatory")}
-    return delivery.order_keys(master, slave, **params), headers
+    # The body is parsed here, after authentication: no credentials is a 401 before a bad body's 400.
+    body = None if raw is None else parse_body(raw)
+    return delivery.order_keys(master, slave, **enc_keys_params(query, body)), headers
 
 
 async def _raw_body(request: web.Request) -> bytes | None:
@@ -211,21 +195,16 @@ async def enc_keys_view(request: web.Request, gateway: Gateway, scope: str, stat
     return _json(await gateway.run(delivery.deliver, order, keys), state["headers"])
 
 
-def _fetch(credentials: tuple, scope: str, master: str, query: dict[str, str], raw: bytes | None):
+def _fetch(credentials: tuple, scope: str, master: str, query: Mapping[str, str], raw: bytes | None):
     slave, headers = _caller(credentials, scope)
-    if raw is None:  # GET
-        if not query.get("key_ID"):
-            raise BadRequest("key_ID is required")
-        raw_ids: Any = [{"key_ID": query["key_ID"]}]
-    else:
-        raw_ids = _body(raw).get("key_IDs")
-    return delivery.fetch_order(slave, master, delivery.parse_key_ids(raw_ids)), headers
+    body = None if raw is None else parse_body(raw)
+    return delivery.fetch_order(slave, master, dec_keys_ids(query, body)), headers
 
 
 @etsi_view("keys:read")
 async def dec_keys_view(request: web.Request, gateway: Gateway, scope: str, state: dict) -> web.Response:
     fetch, state["headers"] = await gateway.run(_fetch, _credentials(request), scope, request.match_info["sae"],
-                                                dict(request.query), await _raw_body(request))
+                                                request.query, await _raw_body(request))
     keys: list[DeliveredKey] = []
     try:
         for backend_slave, ids in fetch.by_backend.items():

@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from portal import errors, health
 from services import streams
+from services.etsi014 import describe_etsi
 from services.sdqkd.client004 import StreamAnswer
 
 
@@ -58,7 +59,7 @@ urlpatterns = [
     path("api/v1/keys/<str:sae>/enc_keys", boom_database),
     path("api/boom", boom_database),
 ]
-handler500 = "portal.views.server_error"
+handler500 = "portal.errors.server_error"
 
 
 @pytest.mark.urls(__name__)
@@ -77,7 +78,7 @@ def test_drf_and_the_gateway_map_backend_errors_the_same_way():
     status, code, message, _details, headers = errors.describe(RedisConnectionError("refused"))
     assert (status, code, headers["Retry-After"]) == (503, "service_unavailable", str(errors.RETRY_AFTER_S))
     assert "cache (Redis)" in message
-    assert errors.describe_etsi(OperationalError("gone"))[0] == 503
+    assert describe_etsi(OperationalError("gone"))[0] == 503
     with pytest.raises(ValueError):
         errors.describe(ValueError("a bug stays a 500"))
 

@@ -1,4 +1,6 @@
-"""The analytical link models reproduce the handbook's sanity values (PHYSICS.md)."""
+"""The analytical link models reproduce reference values: decoy BB84 (eta_det 0.2, Y0 1e-6, e_d 1 %, mu 0.5,
+f 1.16, 1 GHz), the GYS parameter set of Gobby, Yuan, Shields (2004) as in Ma, Qi, Zhao, Lo (2005), and GG02
+CV-QKD (V_A 4, xi 0.01, eta 0.6, v_el 0.05, beta 0.95)."""
 
 import math
 
@@ -18,7 +20,7 @@ from services.sdqkd.physics.analytical import (
     ("loss_db", "expected_bps"),
     [(2.0, 14.7e6), (10.0, 2.3e6), (20.0, 230e3), (30.0, 21e3)],
 )
-def test_bb84_decoy_handbook_rates(loss_db, expected_bps):
+def test_bb84_decoy_reference_rates(loss_db, expected_bps):
     # Handbook set: eta_det 0.2, Y0 1e-6, e_d 1 %, mu 0.5, f 1.16, 1 GHz, q = 1/2 (the defaults).
     perf = performance(LinkParams.from_mapping({"total_loss_db": loss_db}))
     assert isinstance(perf, LinkPerformance)
@@ -51,7 +53,7 @@ def test_dead_time_saturates_short_links():
 
 
 @pytest.mark.parametrize(("length_km", "expected_k"), [(5.0, 0.38), (25.0, 0.088), (50.0, 0.022)])
-def test_cv_gg02_handbook_values(length_km, expected_k):
+def test_cv_gg02_reference_values(length_km, expected_k):
     params = LinkParams.for_technology("cv-qkd", length_km=length_km)
     perf = performance(params)
     assert perf.details["bits_per_symbol"] == pytest.approx(expected_k, rel=0.02)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 
 import pytest
 
@@ -118,7 +119,9 @@ def test_token_scope_is_enforced(make_lab, client_for):
     lab = make_lab("upm")
     reader = client_for(lab.owner, lab.tenant, ["keys:read"])
     response = reader.post("/api/v1/keys/upm-rect/enc_keys", {}, format="json", HTTP_X_SAE_ID="upm-cait")
-    assert response.status_code in (401, 403) and "keys:write" in response.json()["message"]
+    # ETSI 014 answers only 400/401/503: a scope the token lacks is 401 on these paths (the API keeps 403).
+    assert response.status_code == 401 and "keys:write" in response.json()["message"]
+    assert used_bits(lab.tenant) == 0
 
 
 def test_quota_exhaustion_is_a_clear_etsi_error_and_delivers_nothing(make_lab):
@@ -126,7 +129,8 @@ def test_quota_exhaustion_is_a_clear_etsi_error_and_delivers_nothing(make_lab):
     set_quota_overrides(lab.tenant, {"qkd_key_bits.day": 600, "qkd_key_bits.month": -1})
     assert lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={"number": 2}).status_code == 200
     response = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={"number": 2})
-    assert response.status_code == 429
+    # ETSI 014 has no 429: quota is 503 with Retry-After and the quota headers (the portal's API keeps 429)
+    assert response.status_code == 503 and int(response["Retry-After"]) >= 1
     assert "quota qkd_key_bits.day exceeded" in response.json()["message"]
     assert '"qkd_key_bits.day";r=88' in response["RateLimit"]
     assert used_bits(lab.tenant) == 512
@@ -228,7 +232,7 @@ def test_key_requests_have_their_own_rate_limit_bucket(make_lab, settings):
         assert lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={}).status_code == 200
         assert lab.etsi("upm-cait", "get", "upm-rect/status").status_code == 200
         throttled = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={})
-        assert throttled.status_code == 429 and int(throttled["Retry-After"]) >= 1
+        assert throttled.status_code == 503 and int(throttled["Retry-After"]) >= 1  # 014 has no 429
         assert "message" in throttled.json()  # the ETSI error format
         assert used_bits(lab.tenant) == 256  # the throttled request took nothing
     finally:
@@ -316,3 +320,49 @@ def test_optional_key_request_fields_may_be_null_or_empty(make_lab, body):
     response = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data=body)
     assert response.status_code == 200, response.content
     assert len(response.json()["keys"]) == 1 and used_bits(lab.tenant) == 256  # the defaults: 1 key of key_size
+
+
+def test_status_advertises_the_multicast_the_portal_can_serve(make_lab):
+    lab = make_lab("upm")
+    status = lab.etsi("upm-cait", "get", "upm-rect/status").json()
+    assert status["max_SAE_ID_count"] == 0  # no other SAE of the tenant to name
+    for name, node in (("upm-rect-2", "Rectorado"), ("upm-rect-3", "Rectorado"), ("upm-ccs", "CCS")):
+        lab.add_sae(name, node)
+    # The twin has two portal SAE identities per node: the slave takes one at Rectorado, one is left there.
+    assert lab.etsi("upm-cait", "get", "upm-rect/status").json()["max_SAE_ID_count"] == 2
+    served = lab.etsi("upm-cait", "post", "upm-rect/enc_keys",
+                      data={"additional_slave_SAE_IDs": ["upm-rect-2", "upm-ccs"]})
+    assert served.status_code == 200, served.content
+    refused = lab.etsi("upm-cait", "post", "upm-rect/enc_keys",
+                       data={"additional_slave_SAE_IDs": ["upm-rect-2", "upm-rect-3"]})
+    assert refused.status_code == 400
+
+
+def test_014_paths_take_json_whatever_the_content_type_and_answer_no_415(make_lab):
+    lab = make_lab("upm")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/octet-stream"):
+        response = lab.client.generic("POST", "/api/v1/keys/upm-rect/enc_keys", '{"number": 2, "size": 128}',
+                                      content_type=content_type, HTTP_X_SAE_ID="upm-cait")
+        assert response.status_code == 200, (content_type, response.content)
+        assert len(response.json()["keys"]) == 2
+    bad = lab.client.generic("POST", "/api/v1/keys/upm-rect/enc_keys", "number=2", content_type="text/plain",
+                             HTTP_X_SAE_ID="upm-cait")
+    assert bad.status_code == 400 and bad["Content-Type"] == "application/json"
+
+
+def test_the_portals_own_api_keeps_403_and_429(make_lab, client_for):
+    lab = make_lab("upm")
+    reader = client_for(lab.owner, lab.tenant, ["keys:read"])
+    assert reader.get("/api/qkd/keys", {"src": "CAIT", "dst": "Rectorado"}).status_code == 403
+    set_quota_overrides(lab.tenant, {"qkd_key_bits.day": 100, "qkd_key_bits.month": -1})
+    assert lab.client.get("/api/qkd/keys", {"src": "CAIT", "dst": "Rectorado"}).status_code == 429
+
+
+def test_a_repeated_key_id_in_the_get_form_is_refused_not_the_last_taken(make_lab):
+    lab = make_lab("upm")
+    key = lab.etsi("upm-cait", "post", "upm-rect/enc_keys", data={}).json()["keys"][0]
+    repeated = lab.client.get(f"/api/v1/keys/upm-cait/dec_keys?key_ID={uuid.uuid4()}&key_ID={key['key_ID']}",
+                              HTTP_X_SAE_ID="upm-rect")
+    assert repeated.status_code == 400 and "one key_ID" in repeated.json()["message"]
+    fetched = lab.client.get(f"/api/v1/keys/upm-cait/dec_keys?key_ID={key['key_ID']}", HTTP_X_SAE_ID="upm-rect")
+    assert fetched.status_code == 200 and fetched.json()["keys"][0]["key"] == key["key"]

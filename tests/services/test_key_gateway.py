@@ -76,10 +76,12 @@ def test_errors_tokens_and_a_kme_failure_through_the_gateway(https_and_web, make
     assert "not found" in etsi_error(again, 400)
     assert again.json()["details"] == [{"key_IDs": [keys[0]["key_ID"]]}]
 
-    # over the quota: 429 in the ETSI format with the quota's RateLimit headers, nothing taken or charged
+    # over the quota: 503 (014 has no 429) in the ETSI format with Retry-After and the quota's RateLimit
+    # headers, nothing taken or charged
     set_quota_overrides(lab.tenant, {"qkd_key_bits.day": 3 * 256 + 100, "qkd_key_bits.month": -1})
     refused = master.post(f"{url}/upm-rect/enc_keys", json={"number": 2}, timeout=10)
-    assert "quota qkd_key_bits.day exceeded" in etsi_error(refused, 429)
+    assert "quota qkd_key_bits.day exceeded" in etsi_error(refused, 503)
+    assert int(refused.headers["Retry-After"]) >= 1
     assert '"qkd_key_bits.day";r=356' in refused.headers["RateLimit"] and charged(lab.tenant) == (1, 2)
 
     # the master's KME goes away: 503 from the asyncio path, nothing charged, and back when it is back
@@ -107,7 +109,7 @@ def forget_key_request_buckets() -> None:
             client.delete(key)
 
 
-def test_the_key_request_rate_limit_answers_429_with_retry_after(transactional_db, backend_twin, make_lab,
+def test_the_key_request_rate_limit_answers_503_with_retry_after(transactional_db, backend_twin, make_lab,
                                                                  tmp_path):
     registry.register_twin(backend_twin.endpoints)
     with listener.https_portal(tmp_path, KEY_DELIVERY_RATE_LIMIT_PER_SECOND="0.01",
@@ -117,14 +119,15 @@ def test_the_key_request_rate_limit_answers_429_with_retry_after(transactional_d
         (tmp_path / "ca.pem").write_text(lab.bundles["upm-cait"]["ca_chain"])
         master = session(str(tmp_path / "ca.pem"), write_bundle(tmp_path, "master", lab.bundles["upm-cait"]))
         statuses = [master.get(f"{base}/api/v1/keys/upm-rect/status", timeout=10) for _ in range(3)]
-        assert [r.status_code for r in statuses] == [200, 200, 429]
+        assert [r.status_code for r in statuses] == [200, 200, 503]  # 014's status for "not now"
         assert int(statuses[2].headers["Retry-After"]) > 0 and "too many requests" in statuses[2].json()["message"]
         assert statuses[1].headers["X-RateLimit-Remaining"] == "0"
 
 
 def test_the_forwarder_keeps_repeated_headers_and_drops_the_clients_vouching_headers():
     """In-process, against a stand-in web listener: every Set-Cookie comes back, a client's own X-Gateway-*
-    headers (in any spelling) and X-Forwarded-* never reach Django, and an oversized ETSI body is a 413."""
+    headers (in any spelling) and X-Forwarded-* never reach Django, and an oversized ETSI body is refused with 014's
+    400 (not aiohttp's 413)."""
     import asyncio
 
     from aiohttp import web
@@ -153,7 +156,7 @@ def test_the_forwarder_keeps_repeated_headers_and_drops_the_clients_vouching_hea
                 assert response.status == 200
                 assert response.headers.getall("Set-Cookie") == ["sessionid=a; Path=/", "csrftoken=b; Path=/"]
                 too_big = await client.post("/api/v1/keys/x/enc_keys", data=b"{" + b" " * (5 << 20) + b"}")
-                assert too_big.status == 413 and set(await too_big.json()) == {"message"}
+                assert too_big.status == 400 and set(await too_big.json()) == {"message"}
 
     asyncio.run(scenario())
     names = [k.lower() for k, _ in seen["headers"]]

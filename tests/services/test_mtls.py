@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 from services import registry
@@ -45,6 +46,10 @@ def test_curl_with_the_sae_bundle_gets_keys_and_the_peer_gets_the_same(https_por
     code, refused = curl("--cacert", ca, "--cert", other_cert, "--key", other_key,
                          f"{https_portal}/api/v1/keys/upm-cait/dec_keys?key_ID={key['key_ID']}")
     assert code == 401 and refused["message"] == "key not issued for the calling SAE"
+    # the GET form takes one key_ID: a repeated one is refused, not silently the last (the key stays)
+    code, repeated = curl("--cacert", ca, "--cert", slave_cert, "--key", slave_key,
+                          f"{https_portal}/api/v1/keys/upm-cait/dec_keys?key_ID={uuid.uuid4()}&key_ID={key['key_ID']}")
+    assert code == 400 and "one key_ID" in repeated["message"]
     # the slave's certificate gets the same key (GET form, as many ETSI clients use)
     code, peer = curl("--cacert", ca, "--cert", slave_cert, "--key", slave_key,
                       f"{https_portal}/api/v1/keys/upm-cait/dec_keys?key_ID={key['key_ID']}")
@@ -87,7 +92,7 @@ def test_a_suspended_tenants_sae_certificate_is_refused(https_portal, make_lab, 
     lab.tenant.status = "suspended"
     lab.tenant.save(update_fields=["status"])
     code, body = curl("--cacert", ca, "--cert", cert, "--key", key, f"{https_portal}/api/v1/keys/upm-rect/status")
-    assert code == 403 and "suspended" in body["message"]
+    assert code == 401 and "suspended" in body["message"]
 
 
 def test_the_sae_certificate_works_on_paths_the_gateway_forwards_and_cannot_be_forged_at_the_web_listener(

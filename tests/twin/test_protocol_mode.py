@@ -1,4 +1,4 @@
-"""Links that make key by the protocol simulation (issue 6): two parties over the node-to-node interface,
+"""Links that make key by the protocol simulation: two parties over the node-to-node interface,
 attacks and faults through the admin API, per-block telemetry, statistical mode against the analytical model."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Analytical QKD link models (handbook PHYSICS.md) and the finite-key length.
+"""Analytical QKD link models (published models, cited per technology below) and the finite-key length.
 
 - ``dv-bb84-decoy``: decoy-state BB84, asymptotic with infinitely many decoys (Lo, Ma, Chen 2005 /
   GLLP), with a non-paralysable detector dead time saturating the click rate.
@@ -114,8 +114,9 @@ class LinkParams:
         return 10.0 ** (-self.loss_db / 10.0)
 
 
-# Defaults per technology: DV is the handbook's sanity set; e91 a polarisation-entangled source with three
-# bases per side; CV the handbook's GG02 sanity set.
+# Defaults per technology: DV the reference set eta_det 0.2, Y0 1e-6, e_d 1 %, mu 0.5, f 1.16, 1 GHz (14.7 Mb/s at
+# 2 dB); e91 a polarisation-entangled source with three bases per side; CV the GG02 reference set V_A 4, xi 0.01,
+# eta 0.6, v_el 0.05, beta 0.95 (K = 0.38 bit/symbol at 5 km). tests/physics/test_analytical.py pins both.
 TECHNOLOGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "dv-bb84-decoy": {},
     "e91": {"pulse_rate_hz": 1e8, "sift_factor": 2.0 / 9.0, "visibility": 0.97},

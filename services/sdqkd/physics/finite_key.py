@@ -1,4 +1,4 @@
-"""Finite-key lengths: BB84/BBM92 (Tomamichel et al. 2012, handbook) and decoy-state BB84 with the vacuum + weak
+"""Finite-key lengths: BB84/BBM92 (Tomamichel, Lim, Gisin, Renner 2012) and decoy-state BB84 with the vacuum + weak
 decoy bounds of Ma, Qi, Zhao, Lo (2005), statistical fluctuations taken at ``n_sigma`` standard deviations."""
 
 from __future__ import annotations

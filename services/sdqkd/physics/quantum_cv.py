@@ -4,7 +4,8 @@ Alice draws Gaussian quadratures x ~ N(0, V_A); the channel (transmittance T, ex
 Bob's coherent receiver (efficiency eta, electronic noise v_el) give, per measured quadrature,
 homodyne:   y = sqrt(eta T) x + z,   Var z = 1 + v_el + eta T xi
 heterodyne: y = sqrt(eta T / 2) x + z,  Var z = 1 + v_el + eta T xi / 2   (both quadratures measured)
-which reproduces the variances behind the handbook's chi_hom / chi_het.
+which reproduces the variances behind the detector noise chi_hom = ((1 - eta) + v_el) / eta and
+chi_het = (1 + (1 - eta) + 2 v_el) / eta of Lodewyck et al. (2007) and Fossier et al. (2009).
 """
 
 from __future__ import annotations

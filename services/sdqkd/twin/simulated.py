@@ -62,7 +62,7 @@ TWIN_PIPELINE_CONFIG = PipelineConfig(recv_timeout_s=20.0)
 PROTOCOL_BLOCK_TIMEOUT_S = 60.0
 HISTORY_BLOCKS = 256
 # Telemetry of a block that the twin keeps and exports (the pipeline reports more; these are what operators and
-# researchers watch: seed 000, issue 6).
+# researchers watch, as a CV device such as LuxQuanta's NOVA LQ reports them: excess noise, transmittance, key rate).
 BLOCK_FIELDS = (
     "block", "mode", "technology", "aborted", "abort_reason", "raw_bits", "sifted_bits", "signal_sifted_bits",
     "pe_sample_bits", "final_bits", "qber", "qber_z", "qber_x", "decoy", "chsh_s", "chsh_bits", "transmittance",
