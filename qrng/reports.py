@@ -75,3 +75,10 @@ def run_report(report_id: str, *, take_over: bool = False) -> str:
     this.filter(state=QualityReport.State.RUNNING).update(
         state=QualityReport.State.DONE, result=result, progress=1.0, stage="done", finished_at=timezone.now())
     return QualityReport.State.DONE
+
+
+def fail_report(report_id: str, error: str) -> str:
+    """Mark a running report failed (its job gave up); a report finished meanwhile is left alone."""
+    QualityReport.objects.unscoped().filter(pk=report_id, state=QualityReport.State.RUNNING).update(
+        state=QualityReport.State.FAILED, error=error[:500], finished_at=timezone.now())
+    return QualityReport.State.FAILED

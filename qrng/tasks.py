@@ -1,6 +1,7 @@
 """Celery tasks: thin wrappers around ``qrng.runtime`` and ``qrng.reports``."""
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from portal.reliability import durable_task, redelivered
 from qrng import reports, runtime
@@ -16,4 +17,7 @@ def fill_pool() -> dict:
 @durable_task(bind=True)
 def run_quality_report(self, report_id: str) -> str:
     # Delivered again after its worker died: the dead run's RUNNING report is taken over, not skipped.
-    return reports.run_report(report_id, take_over=redelivered(self))
+    try:
+        return reports.run_report(report_id, take_over=redelivered(self))
+    except SoftTimeLimitExceeded:  # acknowledged as failed: the report must not stay "running" for ever
+        return reports.fail_report(report_id, "the report ran past the task time limit")

@@ -43,7 +43,7 @@ RECOVERY_BOUND_S = 45.0  # the test fails if a fault is not healed within this
 STARTUP_BOUND_S = 90.0
 LOAD_PAUSE_S = 0.1  # between two requests of one load thread
 KEY_BITS = 256
-REPORT_BYTES = 4 << 20  # a quality report that runs for a few seconds (it is running when the worker is killed)
+REPORT_BYTES = 1 << 20  # a quality report that runs for a few seconds (it is running when the worker is killed)
 
 
 def free_port() -> int:
