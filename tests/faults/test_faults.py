@@ -342,7 +342,9 @@ class Load:
             try:
                 step(tenant, session)
             except requests.RequestException as exc:
-                self._outcome(step.__name__.replace("_", " "), None, f"connection error ({type(exc).__name__})")
+                kind = {"rest_key": "rest key", "etsi014_keys": "etsi014 enc_keys", "stream_step": "etsi004"}.get(
+                    step.__name__, step.__name__)
+                self._outcome(kind, None, f"connection error ({type(exc).__name__})")
                 session.close()
                 session = requests.Session()
                 time.sleep(0.2)
