@@ -141,7 +141,11 @@ def supervise(args: argparse.Namespace, sock: socket.socket) -> int:
     restarts: collections.deque[float] = collections.deque()
     backoff, due, code, restart_at = 0.0, 0, 0, 0.0
     while children or (due and not stopping):
-        pid, status = os.waitpid(-1, os.WNOHANG) if children else (0, 0)
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG) if children else (0, 0)
+        except ChildProcessError:  # none left to wait for (reaped elsewhere): forget them
+            children.clear()
+            continue
         now = time.monotonic()
         if pid == 0:
             if due and not stopping and now >= restart_at:
