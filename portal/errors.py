@@ -99,8 +99,33 @@ def error_body(code: str, message: str, details: Any = None) -> dict:
     return {"error": body}
 
 
+RETRY_AFTER_S = 2  # what a 503 for a dependency that is restarting tells the client to wait
+
+
+def dependency_unavailable(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 for an error that means one of the portal's own dependencies (PostgreSQL, Redis, the Celery
+    broker) is briefly away, or None. Such a request changed nothing: its transaction was rolled back."""
+    from django.db import InterfaceError, OperationalError
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        name = "database"
+    elif isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        name = "cache (Redis)"
+    elif isinstance(exc, BrokerError):
+        name = "task broker"
+    else:
+        return None
+    logger.warning("%s unavailable: %s: %s", name, type(exc).__name__, exc)
+    return ServiceUnavailable(f"the portal's {name} is unavailable; retry in a few seconds",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     """(status, code, message, details, headers) for any exception the API may raise."""
+    exc = dependency_unavailable(exc) or exc
     if isinstance(exc, ApiError):
         return exc.status_code, exc.code, exc.message, exc.details, dict(exc.headers)
     if isinstance(exc, Http404):
@@ -132,3 +157,23 @@ def api_exception_handler(exc: Exception, context: dict):
     except Exception:  # not ours: let DRF/Django produce the 500 (and log it)
         return drf_exception_handler(exc, context)
     return Response(error_body(code, message, details), status=status_code, headers=headers)
+
+
+ETSI_PREFIXES = ("/api/v1/keys/", "/api/etsi004/")
+
+
+def server_error(request):
+    """handler500: a dependency that is away (PostgreSQL, Redis, the broker) is a 503 in the API's error shape
+    (the ETSI shape on ETSI paths) with Retry-After, on any path; anything else is Django's plain 500."""
+    import sys
+
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    unavailable = dependency_unavailable(sys.exc_info()[1]) if sys.exc_info()[1] else None
+    if unavailable is None:
+        return defaults.server_error(request)
+    status_code, code, message, details, headers = describe(unavailable)
+    # ETSI paths: the ETSI error shape ({"message"}), as services.etsi014.describe_etsi renders it.
+    body = {"message": message} if request.path.startswith(ETSI_PREFIXES) else error_body(code, message, details)
+    return JsonResponse(body, status=status_code, headers=headers)

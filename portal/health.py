@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from django.conf import settings
@@ -56,7 +57,26 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def sees_health_detail(request: HttpRequest) -> bool:
+    """Operators see which dependency is down: the health token (``HEALTH_TOKEN``; ``var/health-token`` under
+    ``make run``), which works while the database is down, or a staff session (which needs the database)."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and settings.HEALTH_TOKEN:
+        return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), settings.HEALTH_TOKEN.encode())
+    try:
+        return bool(request.user.is_authenticated and request.user.is_staff)
+    except Exception:  # the session store (database) is down: anonymous, never an error page
+        return False
+
+
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
+    """200 ``{"status": "ok", "code": "ready"}`` or 503 ``{"status": "unavailable", "code": "not_ready"}``;
+    operators also get ``checks``: each dependency's state and, while down, its error."""
     ok, checks = readiness()
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    body: dict = {"status": "ok" if ok else "unavailable", "code": "ready" if ok else "not_ready"}
+    if sees_health_detail(request):
+        body["checks"] = checks
+    response = JsonResponse(body, status=200 if ok else 503)
+    response["Cache-Control"] = "no-store"
+    return response

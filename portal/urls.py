@@ -36,3 +36,5 @@ urlpatterns = [
     path("api/", include("billing.api.urls")),
     path("billing/", include("billing.urls")),
 ]
+
+handler500 = "portal.errors.server_error"  # a dependency that is away: 503 with Retry-After

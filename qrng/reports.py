@@ -50,9 +50,14 @@ def start_report(tenant: Tenant, n_bytes: int, source: str = "", user=None, *,
     return report
 
 
-def run_report(report_id: str) -> str:
-    """The job: draw, test, record progress and the result (p-values and statistics only)."""
-    rows = QualityReport.objects.unscoped().filter(pk=report_id, state=QualityReport.State.QUEUED)
+def run_report(report_id: str, *, take_over: bool = False) -> str:
+    """The job: draw, test, record progress and the result (p-values and statistics only).
+
+    Claimed by a conditional UPDATE from QUEUED, so two deliveries of one job run it once; ``take_over`` (the
+    broker delivered the job again because the worker running it died) also claims a RUNNING report, whose
+    run is dead. The result is written once, by whichever run finishes."""
+    claimable = [QualityReport.State.QUEUED, *([QualityReport.State.RUNNING] if take_over else [])]
+    rows = QualityReport.objects.unscoped().filter(pk=report_id, state__in=claimable)
     if rows.update(state=QualityReport.State.RUNNING, started_at=timezone.now(), stage="drawing") == 0:
         return "not queued"  # already picked up (a redelivered task) or gone
     report = QualityReport.objects.unscoped().get(pk=report_id)
@@ -67,6 +72,13 @@ def run_report(report_id: str) -> str:
         log.warning("quality report %s failed: %s", report_id, exc)
         this.update(state=QualityReport.State.FAILED, error=str(exc)[:500], finished_at=timezone.now())
         return QualityReport.State.FAILED
-    this.update(state=QualityReport.State.DONE, result=result, progress=1.0, stage="done",
-                finished_at=timezone.now())
+    this.filter(state=QualityReport.State.RUNNING).update(
+        state=QualityReport.State.DONE, result=result, progress=1.0, stage="done", finished_at=timezone.now())
     return QualityReport.State.DONE
+
+
+def fail_report(report_id: str, error: str) -> str:
+    """Mark a running report failed (its job gave up); a report finished meanwhile is left alone."""
+    QualityReport.objects.unscoped().filter(pk=report_id, state=QualityReport.State.RUNNING).update(
+        state=QualityReport.State.FAILED, error=error[:500], finished_at=timezone.now())
+    return QualityReport.State.FAILED

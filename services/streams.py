@@ -311,11 +311,16 @@ def _hand_out(stream: KeyStream, side: str, index: int, now: datetime, metadata_
     node, backend_sae = _backend_identity(stream, side)
     try:
         answer = backend(node).get_key(str(stream.backend_ksid), index=index, acting_as=backend_sae)
-    except (KmeRejected, KmeUnavailable) as exc:
+    except KmeRejected as exc:
+        return lost_at_backend(stream, node, exc)
+    except KmeUnavailable as exc:
         raise _backend_error(exc, node) from None
     if answer.status == spec.STREAM_GONE:  # the backend stream ended (its TTL): so does this one
         expire(stream)
         return _gone(stream, index=index)
+    if answer.status == client004.INSUFFICIENT_KEY and chunk_died_in_flight(stream, side, index, answer):
+        return lost_at_backend(stream, node, KmeRejected(f"chunk {index} was handed out to a request that never "
+                                                         "completed (a portal process died)", status=409))
     if answer.status != client004.SUCCESSFUL:
         return _answer(stream, answer.status, index=index, message=answer.message or "the KME has no chunk now")
     if not answer.key_buffer or answer.index not in (None, index):
@@ -367,6 +372,41 @@ def expire(stream: KeyStream) -> bool:
     return orders.finish(stream, KeyStream.State.EXPIRED, "TTL expired")
 
 
+IN_FLIGHT_GRACE_S = 1.0  # how long a concurrent request for the same chunk gets to record it
+
+
+def handed_out_before(answer: StreamAnswer) -> bool:
+    """The KME says it handed this chunk to this SAE already (the twin says so in its status-2 message; other
+    KMEs may word it differently)."""
+    return "already delivered" in (answer.message or "")
+
+
+def chunk_died_in_flight(stream: KeyStream, side: str, index: int, answer: StreamAnswer) -> bool:
+    """The KME handed chunk ``index`` out already, but the portal never delivered it to this side (the side's
+    next index has not passed it): a portal process died between the KME's answer and its own commit, and the
+    chunk died with it. A concurrent request of the same SAE for the same chunk may still be recording it, so
+    the side's index is read again after a grace period before the chunk is declared lost."""
+    if not handed_out_before(answer) or index < getattr(stream, f"next_index_{side}"):
+        return False
+    time.sleep(IN_FLIGHT_GRACE_S)
+    field = f"next_index_{side}"
+    current = KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).values_list(field, flat=True)
+    return index >= (current.first() or 0)
+
+
+def lost_at_backend(stream: KeyStream, node: QkdNode, exc: KmeRejected) -> dict[str, Any]:
+    """The KME refuses a live stream's get_key (its input was checked here first): it no longer knows the stream,
+    typically because it restarted, or a chunk was lost in flight (``handed_out_before``), after which the two
+    SAEs could no longer agree on the stream's chunks. The stream ends here too, its ``key_streams`` slot is
+    released (once, by ``orders.finish``), and the SAE is told with 004 status 4 (no QKD connection); it may open
+    a new stream."""
+    if orders.finish(stream, KeyStream.State.CLOSED, f"lost at the KME of {node.node_id}: {exc.message}"[:500]):
+        log.warning("key stream %s ended: the KME of %s no longer knows it (%s)", stream.ksid, node.node_id,
+                    exc.message)
+    return _answer(stream, client004.NO_QKD_CONNECTION,
+                   message="the QKD network lost this key stream (KME restart); open a new one")
+
+
 # -- filling the backend's buffer ---------------------------------------------------------------------------
 def prefetch_supported(node: QkdNode) -> bool:
     # Prefetch asks get_key with metadata_size=0: the twin makes the chunk at both ends and answers status 8
@@ -391,7 +431,10 @@ def fill_stream(stream: KeyStream, deadline: float, now: datetime | None = None)
         try:
             answer: StreamAnswer = client.get_key(str(stream.backend_ksid), index=index, metadata_size=0,
                                                   acting_as=stream.backend_source_sae)
-        except (KmeRejected, KmeUnavailable) as exc:
+        except KmeRejected as exc:
+            lost_at_backend(stream, node, exc)
+            break
+        except KmeUnavailable as exc:
             log.info("prefetching key stream %s: %s", stream.backend_ksid, exc.message)
             break
         if answer.status != client004.METADATA_TOO_SMALL:

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from portal.errors import ApiError
+from portal.health import readiness
 
 from . import quota, tokens
 from .models import ApiToken, Membership, Scope, Tenant, UsageRecord
@@ -80,4 +81,5 @@ def operator_tenants(request: HttpRequest) -> HttpResponse:
         states = {s.quota_key: s for s in quota.quota_states(tenant)}
         rows.append({"tenant": tenant, "key_bits": states.get("qkd_key_bits.month"),
                      "entropy": states.get("entropy_bytes.month")})
-    return render(request, "tenants/operator_tenants.html", {"rows": rows})
+    _ok, health = readiness()  # which dependency is down, for operators
+    return render(request, "tenants/operator_tenants.html", {"rows": rows, "health": health})

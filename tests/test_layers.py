@@ -1,6 +1,6 @@
 """The floors run one way: a lower floor never imports a higher one (docs/architecture.md).
 
-    floor 0  portal (the kernel: errors, health, Celery app, pagination; and the shell around it)
+    floor 0  portal (the kernel: errors, health, Celery app, reliability, pagination; and the shell around it)
     floor 1  tenants
     floor 2  services, qrng
     floor 3  ipsec, tls
@@ -32,7 +32,7 @@ FLOORS = {"portal": 0, "tenants": 1, "services": 2, "qrng": 2, "ipsec": 3, "tls"
 APPS = {name for name, floor in FLOORS.items() if floor > 0}
 # The part of portal the apps build on. The rest of portal (settings, urls, runstack, wsgi, middleware, context
 # processors, the API root page) is the shell: it runs the apps, they never import it.
-KERNEL = {"portal.errors", "portal.health", "portal.celery_app", "portal.api.pagination",
+KERNEL = {"portal.errors", "portal.health", "portal.celery_app", "portal.api.pagination", "portal.reliability",
           "portal.logs", "portal.metrics"}  # request IDs and the log context; /metrics, the series apps register
 URLCONFS = {f"{app}.urls" for app in APPS} | {f"{app}.api.urls" for app in APPS}
 TWIN = "services.sdqkd"
@@ -210,7 +210,8 @@ def test_the_checker_catches_every_kind_of_break():
         "services.sdqkd.twin.kme -> services.models: services.sdqkd imports nothing of the portal's apps",
         "tenants.models -> services.models: upward: tenants (floor 1) imports services (floor 2)",
         "tenants.views -> portal.urls: apps import only portal's kernel "
-        "(portal.api.pagination, portal.celery_app, portal.errors, portal.health, portal.logs, portal.metrics)",
+        "(portal.api.pagination, portal.celery_app, portal.errors, portal.health, portal.logs, portal.metrics, "
+        "portal.reliability)",
         "tls.sessions -> billing.invoices: nothing imports billing",
     ]
     assert cycles({"a": {"b"}, "b": {"c", "os"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}) == [["a", "b", "c"]]

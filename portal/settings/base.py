@@ -38,6 +38,9 @@ KEY_ID_SECRET = env.str("KEY_ID_SECRET", default="") or SECRET_KEY
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# Shows /readyz's per-dependency detail to its bearer (monitoring, operators while the database is down).
+HEALTH_TOKEN = env.str("HEALTH_TOKEN", default="") or _persistent_secret("health-token", 24)
+
 # API token peppers: "id:secret,id:secret"; new tokens use the highest id, old ones keep verifying
 # with the pepper they were hashed with, so a pepper can be rotated without invalidating tokens.
 _peppers = env.str("API_TOKEN_PEPPERS", default="") or f"1:{_persistent_secret('token_pepper')}"
@@ -151,6 +154,22 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # JSON logs: the worker keeps the portal's handlers instead of installing Celery's plain-text ones.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = env.str("LOG_FORMAT", default="plain").lower() != "json"
+# Reliability (docs/reliability.md): a task is acknowledged when it has finished, not when it starts, so a
+# worker that dies mid-task (kill -9, OOM, a lost host) leaves it to be delivered again: at once when only a pool
+# process died (reject_on_worker_lost), after the visibility timeout when the whole worker died (Redis keeps
+# unacknowledged messages aside until then). The timeout must exceed the hard time limit, or a task still
+# running would be delivered a second time. Every task must therefore be safe to run twice
+# (portal.reliability.durable_task documents the pattern).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a dead worker holds back at most one waiting message per process
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a broker restart is waited out, never fatal to the worker
+TASK_VISIBILITY_TIMEOUT_S = env.int("CELERY_VISIBILITY_TIMEOUT_S", default=CELERY_TASK_TIME_LIMIT + 60)
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    # Redis: abandoned messages are looked for every 10 s (kombu's default: every 100 s).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TASK_VISIBILITY_TIMEOUT_S,
+                                       "unacked_restore_interval": 10, "unacked_restore_throttle": 1}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {

@@ -215,3 +215,19 @@ def test_a_worker_process_runs_the_quality_report_and_fills_the_pool(lab, use_so
         if worker.poll() is None:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+@pytest.mark.django_db
+def test_a_report_whose_worker_died_is_taken_over_by_its_redelivery_and_done_once(lab, file_source):
+    from qrng import reports
+
+    report = reports.start_report(lab.tenant, 250_000, enqueue=lambda _id: None)
+    # The first run claimed it and died with its worker (kill -9): the report says running, nobody runs it.
+    QualityReport.objects.unscoped().filter(pk=report.pk).update(state=QualityReport.State.RUNNING)
+    assert reports.run_report(str(report.pk)) == "not queued"  # an ordinary duplicate delivery does nothing
+    assert reports.run_report(str(report.pk), take_over=True) == QualityReport.State.DONE  # the redelivery
+    done = QualityReport.objects.unscoped().get(pk=report.pk)
+    assert done.state == QualityReport.State.DONE and done.result["bytes"] == 250_000
+    assert reports.run_report(str(report.pk), take_over=True) == "not queued"  # done once
+    assert reports.fail_report(str(report.pk), "late") and QualityReport.objects.unscoped().get(
+        pk=report.pk).state == QualityReport.State.DONE  # a late failure does not undo a finished report

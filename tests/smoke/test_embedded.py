@@ -81,6 +81,9 @@ def stack(tmp_path_factory):
 
 def test_ready_on_sqlite_the_filesystem_broker_and_the_twin(stack):
     status, body = fetch(stack["base"] + "/readyz")
+    assert json.loads(body) == {"status": "ok", "code": "ready"}  # anonymous: no detail
+    # Operators see each dependency with the health token make run writes to var/health-token.
+    status, body = fetch(stack["base"] + "/readyz", (stack["var"] / "health-token").read_text().strip())
     checks = json.loads(body)["checks"]
     assert status == 200, checks
     assert checks["database"]["backend"] == "sqlite"
