@@ -160,22 +160,22 @@ def test_unreachable_appliance_is_unavailable():
 # -- twin ------------------------------------------------------------------------------------------
 
 
-def test_twin_source_over_mutual_tls_is_simulated(mtls_twin):
+def test_twin_source_over_mutual_tls_is_simulated(qrng_twin):
     source = TwinSource(
         "twin",
-        mtls_twin["url"],
-        verify=mtls_twin["ca"],
-        client_cert=mtls_twin["client_cert"],
-        client_key=mtls_twin["client_key"],
+        qrng_twin["url"],
+        verify=qrng_twin["ca"],
+        client_cert=qrng_twin["client_cert"],
+        client_key=qrng_twin["client_key"],
     )
     assert source.simulated is True and source.kind == "twin"
     assert len(source.read(5000)) == 5000
     source.close()
 
 
-def test_twin_source_without_a_client_certificate_is_refused(mtls_twin):
-    source = TwinSource("twin", mtls_twin["url"], verify=mtls_twin["ca"], attempts=1)
-    with pytest.raises(EntropySourceUnavailable):
+def test_twin_source_without_a_client_certificate_is_refused(qrng_twin):
+    source = TwinSource("twin", qrng_twin["url"], verify=qrng_twin["ca"], attempts=1)
+    with pytest.raises(EntropySourceError, match="refused: HTTP 401"):  # the twin's KME: no certificate, no entropy
         source.read(16)
 
 

@@ -1,0 +1,35 @@
+"""Key-ID edges the mutation run (make mutate) found untested: batch numbers at both ends of the PostgreSQL
+bigint, and containers larger than a handful of keys (the numpy paths work on whole arrays)."""
+
+from __future__ import annotations
+
+import uuid
+
+from services import keyids
+
+
+def test_batch_numbers_span_exactly_1_to_the_largest_bigint(monkeypatch):
+    assert keyids.MAX_BATCH == 2**63 - 1  # the batch column is a PostgreSQL bigint
+    drawn = []
+
+    def randbelow(n: int) -> int:
+        drawn.append(n)
+        return (0, n - 1)[len(drawn) - 1]
+
+    monkeypatch.setattr(keyids.secrets, "randbelow", randbelow)
+    lowest, highest = keyids.new_batch(), keyids.new_batch()
+    assert (lowest, highest) == (1, keyids.MAX_BATCH) and drawn == [keyids.MAX_BATCH] * 2
+    assert type(lowest) is int and type(highest) is int
+    for batch in (lowest, highest):
+        assert keyids.open_ids(keyids.seal(batch, 2)) == [(batch, 0), (batch, 1)]
+
+
+def test_a_full_container_of_ids_round_trips_and_every_backend_id_unpacks():
+    batch = keyids.new_batch()
+    ids = keyids.seal(batch, 1024)
+    assert len(ids) == len(set(ids)) == 1024 and all(str(uuid.UUID(k)) == k for k in ids)
+    assert keyids.open_ids(ids) == [(batch, i) for i in range(1024)]
+    assert keyids.seal(batch, 40, first=984) == ids[984:]
+    backend = [str(uuid.uuid4()) for _ in range(40)]
+    packed = keyids.pack_backend_ids(",".join(backend))
+    assert [keyids.backend_id(packed, i) for i in range(40)] == backend
