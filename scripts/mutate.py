@@ -27,7 +27,8 @@ OUT = ROOT / "var" / "mutate"
 # module -> the tests that are about it (run once per mutant, stopping at the first failure)
 MODULES: dict[str, list[str]] = {
     "tenants/scoping.py": ["tests/tenants/test_isolation.py", "tests/services/test_cross_tenant.py"],
-    "tenants/tokens.py": ["tests/tenants/test_tokens.py", "tests/services/test_token_lifecycle.py"],
+    "tenants/tokens.py": ["tests/tenants/test_tokens.py", "tests/tenants/test_token_management.py",
+                          "tests/services/test_token_lifecycle.py"],
     "services/keyids.py": ["tests/services/test_keyids.py", "tests/services/test_keyids_bounds.py"],
     "services/orders.py": ["tests/services/test_orders.py"],
     "tenants/quota.py": ["tests/tenants/test_quota.py"],
