@@ -2,5 +2,5 @@ from django.conf import settings
 
 
 def portal(request) -> dict:
-    return {"QXAAS_VERSION": "0.1.0", "EMBEDDED_DEFAULT": not settings.DATABASES["default"]["ENGINE"].endswith(
-        "postgresql")}
+    return {"QXAAS_VERSION": settings.QXAAS_VERSION,
+            "EMBEDDED_DEFAULT": not settings.DATABASES["default"]["ENGINE"].endswith("postgresql")}

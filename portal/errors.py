@@ -2,7 +2,7 @@
 
 Services raise these exceptions; ``api_exception_handler`` renders them (and DRF's own) as
 ``{"error": {"code": ..., "message": ..., "details": ...}}`` with the right status and headers.
-ETSI endpoints render the same exceptions in the ETSI error format instead (see services app).
+ETSI endpoints render the same exceptions in the ETSI error format instead (services.etsi014.describe_etsi).
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     pass
+
+
+class Unauthorized(ApiError):
+    """The caller is known but not entitled to this (ETSI 014: a dec_keys caller not named in the key request)."""
+
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "unauthorized"
 
 
 class NotFound(ApiError):
@@ -113,16 +120,6 @@ def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
             headers["Retry-After"] = str(int(exc.wait + 0.999))
         return exc.status_code, code, message, details, headers
     raise exc
-
-
-def describe_etsi(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, body, headers) in the ETSI GS QKD 014 error format ``{"message", "details": [...]}``."""
-    status_code, _code, message, details, headers = describe(exc)
-    body: dict[str, Any] = {"message": message}
-    if details is not None:
-        body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)
-                                                                     else {"detail": details}]
-    return status_code, body, headers
 
 
 def api_exception_handler(exc: Exception, context: dict):

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
 
 # Later apps (the SD-QKD client, QRNG sources) register their own readiness checks here.
 READINESS_CHECKS: dict[str, Callable[[], str]] = {}
@@ -47,3 +49,14 @@ def readiness() -> tuple[bool, dict[str, dict]]:
             ok = False
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return ok, results
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    ok, checks = readiness()
+    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)

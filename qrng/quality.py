@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qrng.health import mcv_from_counts, most_common_value_estimate
+from qrng.health import mcv_from_counts
 
 ALPHA = 0.01  # SP 800-22 significance level
 MIN_BITS = 100
@@ -236,40 +236,6 @@ BATTERY: list[tuple[str, Callable[[np.ndarray], dict]]] = [
     ("approximate_entropy", approximate_entropy),
     ("cumulative_sums", cumulative_sums),
 ]
-
-
-def run_battery(data: bytes, progress: Progress | None = None, alpha: float = ALPHA) -> dict:
-    """Run every test of the battery and the MCV estimate over ``data``; a JSON-able result."""
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    if len(bits) < MIN_BITS:
-        raise ValueError(f"the battery needs at least {MIN_BITS} bits")
-    results = []
-    steps = len(BATTERY) + 1
-    for i, (name, test) in enumerate(BATTERY):
-        if progress:
-            progress(i / steps, name)
-        started = time.perf_counter()
-        result: dict[str, Any] = {"name": name, **test(bits)}
-        if "p_values" in result:
-            result["passed"] = all(p >= alpha for p in result["p_values"])
-        result["seconds"] = round(time.perf_counter() - started, 4)
-        results.append(result)
-    if progress:
-        progress((steps - 1) / steps, "most_common_value")
-    mcv = most_common_value_estimate(data, 8)
-    if progress:
-        progress(1.0, "done")
-    run = [r for r in results if "passed" in r]
-    return {
-        "standard": "NIST SP 800-22 Rev. 1a (subset) and SP 800-90B 6.3.1",
-        "bits": len(bits),
-        "alpha": alpha,
-        "tests": results,
-        "tests_passed": sum(r["passed"] for r in run),
-        "tests_run": len(run),
-        "passed": all(r["passed"] for r in run),
-        "most_common_value": mcv,
-    }
 
 
 def minimum_proportion(sequences: int, alpha: float = ALPHA) -> float:

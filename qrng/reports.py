@@ -9,6 +9,7 @@ report per tenant, and the per-token request rate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.db import transaction
 from django.utils import timezone
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 MIN_REPORT_BYTES = quality.MIN_BITS // 8 + 1
 
 
-def start_report(tenant: Tenant, n_bytes: int, source: str = "", user=None) -> QualityReport:
-    """Queue a report (400 for a bad size or unknown source, 409 while another of the tenant's is active)."""
+def start_report(tenant: Tenant, n_bytes: int, source: str = "", user=None, *,
+                 enqueue: Callable[[str], object]) -> QualityReport:
+    """Queue a report (400 for a bad size or unknown source, 409 while another of the tenant's is active);
+    ``enqueue(report_id)`` after the commit starts the job (``qrng.tasks.run_quality_report.delay``: passed in,
+    because the tasks module wraps this one)."""
     if not MIN_REPORT_BYTES <= n_bytes <= quality.MAX_REPORT_BYTES:
         raise BadRequest(f"bytes must be in [{MIN_REPORT_BYTES}, {quality.MAX_REPORT_BYTES}]")
     if source:
@@ -42,9 +46,7 @@ def start_report(tenant: Tenant, n_bytes: int, source: str = "", user=None) -> Q
             raise Conflict("a quality report of this tenant is still running; wait for it to finish",
                            details={"report": str(active.id)})
         report = QualityReport.objects.create(tenant=tenant, requested_by=user, n_bytes=n_bytes, source=source)
-        from qrng.tasks import run_quality_report
-
-        transaction.on_commit(lambda: run_quality_report.delay(str(report.id)))
+        transaction.on_commit(lambda: enqueue(str(report.id)))
     return report
 
 

@@ -19,7 +19,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -646,9 +645,3 @@ def build_source_set(
 def default_source_config(node_base_url: str, **tls_options: Any) -> list[dict]:
     """With no configuration: the network twin's simulated QRNG only."""
     return [{"name": "twin", "kind": "twin", "node_base_url": node_base_url, **tls_options}]
-
-
-def sources_from_env(variable: str = "QRNG_SOURCES") -> list[dict] | None:
-    """The operator's source list from a JSON environment variable, or None when unset."""
-    text = os.environ.get(variable)
-    return json.loads(text) if text else None

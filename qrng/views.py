@@ -10,16 +10,16 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
 from portal.errors import ApiError
-from portal.views import _web_tenant
-from qrng import quality, reports, runtime
+from qrng import quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from tenants.models import WRITING_ROLES
+from tenants.tenancy import web_tenant
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def entropy_page(request: HttpRequest) -> HttpResponse:
-    ctx = _web_tenant(request)
+    ctx = web_tenant(request)
     if request.method == "POST" and ctx is not None:
         try:
             if request.POST.get("reset") and request.user.is_staff:
@@ -29,7 +29,8 @@ def entropy_page(request: HttpRequest) -> HttpResponse:
             if ctx.role not in WRITING_ROLES and not request.user.is_staff:
                 raise ApiError("your role cannot start quality reports")
             report = reports.start_report(ctx.tenant, int(request.POST.get("bytes") or quality.DEFAULT_REPORT_BYTES),
-                                          request.POST.get("source", ""), request.user)
+                                          request.POST.get("source", ""), request.user,
+                                          enqueue=tasks.run_quality_report.delay)
             return redirect("entropy-quality-report", report_id=report.id)
         except ApiError as exc:
             messages.error(request, exc.message)
@@ -50,7 +51,7 @@ def entropy_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def quality_report_page(request: HttpRequest, report_id) -> HttpResponse:
-    ctx = _web_tenant(request)
+    ctx = web_tenant(request)
     report = None if ctx is None else QualityReport.objects.for_tenant(ctx.tenant).filter(pk=report_id).first()
     if report is None:
         raise Http404("no such report")

@@ -23,7 +23,7 @@ from django.db import DatabaseError, connection
 from django.db.models import F
 from django.utils import timezone
 
-from portal.errors import BadRequest, ServiceUnavailable
+from portal.errors import BadRequest, ServiceUnavailable, Unauthorized
 from tenants import quota
 from tenants.meters import KEY_BITS
 from tenants.models import Tenant, UsageRecord
@@ -31,10 +31,13 @@ from tenants.models import Tenant, UsageRecord
 from . import keyids, registry
 from .models import KeyDelivery, QkdNode, Sae
 from .saes import BackendPair, backend_pair, multicast_backend_saes, tenant_sae
+from .sdqkd import etsi014_spec as etsi014
 from .sdqkd.client import DeliveredKey, KmeRejected, KmeUnavailable
 
 logger = logging.getLogger(__name__)
 METER = KEY_BITS
+# The portal brokers plain keys: it honours no mandatory extension of its own.
+SUPPORTED_MANDATORY_EXTENSIONS: frozenset[str] = frozenset()
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_LIST_RE = re.compile(rf"(?:{UUID_RE.pattern},)*{UUID_RE.pattern}")  # comma-separated: one regex call a batch
 
@@ -65,8 +68,21 @@ def status(master: Sae, slave_name: str) -> dict[str, Any]:
         "max_key_per_request": backend.get("max_key_per_request", 1),
         "max_key_size": backend.get("max_key_size", 256),
         "min_key_size": backend.get("min_key_size", 8),
-        "max_SAE_ID_count": backend.get("max_SAE_ID_count", 0),
+        "max_SAE_ID_count": min(backend.get("max_SAE_ID_count", 0), _multicast_room(master, slave, pair)),
     }
+
+
+def _multicast_room(master: Sae, slave: Sae, pair: BackendPair) -> int:
+    """How many additional slaves this master could name with this slave now: each needs a tenant SAE of its
+    own and a portal SAE identity at its node that the master and the slave do not use already
+    (``multicast_backend_saes``). What status advertises is what enc_keys then accepts."""
+    used = {(pair.master_node.pk, pair.master_sae), (slave.node_id, pair.slave_sae)}
+    per_node: dict[int, list[int]] = {}
+    others = Sae.objects.for_tenant(master.tenant).exclude(pk__in=[master.pk, slave.pk]).select_related("node")
+    for sae in others:
+        per_node.setdefault(sae.node_id, [0, len([b for b in sae.node.backend_sae_ids
+                                                  if (sae.node_id, b) not in used])])[0] += 1
+    return sum(min(saes, identities) for saes, identities in per_node.values())
 
 
 def _int(value: Any, name: str) -> int:
@@ -78,29 +94,31 @@ def _int(value: Any, name: str) -> int:
         raise BadRequest(f"{name} must be an integer") from None
 
 
-def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additional: list | None,
+def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additional: Any,
                          mandatory: Any) -> tuple[int, int, list[str]]:
-    number = 1 if number is None else _int(number, "number")
-    size = limits.get("key_size", 256) if size is None else _int(size, "size")
+    """The ETSI 014 rules for a key request against the link's limits (``null`` is absent: ``etsi014_spec``)."""
+    try:
+        fields = etsi014.key_request_fields({"number": number, "size": size, "additional_slave_SAE_IDs": additional,
+                                             "extension_mandatory": mandatory})
+    except etsi014.Etsi014Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
+    number = 1 if fields.number is None else _int(fields.number, "number")
+    size = limits.get("key_size", 256) if fields.size is None else _int(fields.size, "size")
+    if size % 8:
+        raise BadRequest(etsi014.SIZE_NOT_MULTIPLE_OF_8, details=[{"size": size}])
+    unsupported = etsi014.unsupported_mandatory(fields.extension_mandatory, SUPPORTED_MANDATORY_EXTENSIONS)
+    if unsupported:
+        raise BadRequest(etsi014.EXTENSION_UNSUPPORTED, details=[{etsi014.EXTENSION_UNSUPPORTED_KEY: unsupported}])
     if number < 1:
         raise BadRequest("number must be at least 1")
     if number > limits.get("max_key_per_request", 1):
         raise BadRequest(f"number exceeds max_key_per_request ({limits.get('max_key_per_request')})")
-    if size % 8:
-        raise BadRequest("size must be a multiple of 8 (it is in bits)")
     if not limits.get("min_key_size", 8) <= size <= limits.get("max_key_size", 256):
         raise BadRequest(f"size must be between {limits.get('min_key_size')} and {limits.get('max_key_size')} bits")
-    additional = additional or []
-    if not isinstance(additional, list) or not all(isinstance(x, str | int) for x in additional):
-        raise BadRequest("additional_slave_SAE_IDs must be a list of SAE IDs")
+    additional = fields.additional_slave_SAE_IDs
     if additional and len(additional) > limits.get("max_SAE_ID_count", 0):
         raise BadRequest(f"too many additional slave SAEs (max_SAE_ID_count is {limits.get('max_SAE_ID_count', 0)})")
-    if mandatory:
-        if not isinstance(mandatory, list):
-            raise BadRequest("extension_mandatory must be a list of objects")
-        names = sorted({k for ext in mandatory if isinstance(ext, dict) for k in ext})
-        raise BadRequest("unsupported mandatory extension(s)", details=[{"unsupported_extensions": names}])
-    return number, size, [str(x) for x in additional]
+    return number, size, additional
 
 
 def backend_error(exc: Exception, node: QkdNode) -> Exception:
@@ -394,8 +412,8 @@ def parse_key_ids(raw: Any) -> list[str]:
 
 
 def _not_found(key_ids: list[str]) -> BadRequest:
-    # Unknown, made up, another tenant's, another SAE pair's or already fetched: one answer for all.
-    return BadRequest("key IDs not found for this SAE pair", details=[{"key_IDs": key_ids}])
+    # Unknown, made up, another tenant's, another master's or already fetched: one answer for all.
+    return BadRequest(etsi014.KEYS_NOT_FOUND, details=[{"key_IDs": key_ids}])
 
 
 @dataclass(frozen=True)
@@ -432,9 +450,17 @@ def fetch_order(slave: Sae, master_name: str, key_ids: list[str]) -> KeyFetch:
         row = rows.get(o[0]) if o else None
         return row is not None and o[1] < row.key_count and row.fetched_keys < row.key_count
 
-    unknown = [k for k, o in zip(key_ids, opened, strict=True) if not found(o)]
+    unknown = [(k, o) for k, o in zip(key_ids, opened, strict=True) if not found(o)]
     if unknown:
-        raise _not_found(unknown)
+        # Keys the master took for another of the tenant's SAEs: the standard's 401 (014 Table 7). Another
+        # tenant's keys stay indistinguishable from unknown ones.
+        others = set(KeyDelivery.objects.for_tenant(tenant).filter(
+            batch__in={o[0] for _, o in unknown if o}, master=master).exclude(slave=slave).values_list(
+            "batch", flat=True))
+        not_yours = [k for k, o in unknown if o and o[0] in others and o[0] not in rows]
+        if not_yours:
+            raise Unauthorized("key not issued for the calling SAE", details=[{"key_IDs": not_yours}])
+        raise _not_found([k for k, _ in unknown])
     pair = backend_pair(master, slave)
     # Each key is fetched as the backend SAE it was delivered to (a multicast slave may have had another one).
     by_backend: dict[str, list[str]] = {}

@@ -22,7 +22,6 @@ answers from the backend's buffer.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -35,7 +34,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from portal.errors import BadRequest, Forbidden, ServiceUnavailable
+from portal.errors import BadRequest, ServiceUnavailable, Unauthorized
 from tenants import quota
 from tenants.meters import KEY_BITS
 from tenants.models import UsageRecord
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 KEY_METER = KEY_BITS
 STREAM_METER = KeyStream.concurrent_meter  # key_streams
 
-MAX_WAIT_S = 10.0  # longest a get_key waits for its chunk to fall due (the backend has its own bound)
 MAX_INDEX = 2**31 - 2  # next_index (index + 1) must fit a PositiveIntegerField
 BURST_S = 1.0  # a stream may run this many seconds of Max_bps ahead of its schedule
 FILL_AHEAD_S = 2.0  # the filler makes chunks due within this horizon
@@ -150,19 +148,32 @@ def _answer(stream: KeyStream | None, status: int, **extra: Any) -> dict[str, An
     return out
 
 
-def _live_stream(caller: Sae, ksid: uuid.UUID) -> KeyStream:
-    """The caller's tenant's stream ``ksid`` that the caller is an application of.
+def _read(body: Any, fields: tuple[str, ...], call: str) -> dict[str, Any]:
+    try:
+        return spec.read_call(body, fields, call)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, details=exc.details) from None
 
-    Another tenant's stream, a closed one and none at all get the same answer."""
+
+def _member_stream(caller: Sae, ksid: uuid.UUID) -> KeyStream:
+    """The caller's tenant's stream ``ksid`` (live or ended) that the caller is an application of.
+
+    Another tenant's stream and none at all get the same answer (400); a stream of the tenant that the caller
+    is no application of is refused with 401, as at the KMEs."""
     try:
         stream = (KeyStream.objects.for_tenant(caller.tenant).select_related("source__node", "destination__node")
-                  .exclude(state=KeyStream.State.CLOSED).get(ksid=ksid))
+                  .get(ksid=ksid))
     except KeyStream.DoesNotExist:
         raise BadRequest("unknown Key_stream_ID", details=[{"Key_stream_ID": str(ksid)}]) from None
     stream.tenant = caller.tenant  # the same row, already loaded
     if caller.pk not in (stream.source_id, stream.destination_id):
-        raise Forbidden("the calling SAE is not an application of this key stream")
+        raise Unauthorized("the calling SAE is not an application of this key stream")
     return stream
+
+
+def _gone(stream: KeyStream, **extra: Any) -> dict[str, Any]:
+    why = "key stream TTL expired" if stream.state == KeyStream.State.EXPIRED else "key stream closed"
+    return _answer(stream, spec.STREAM_GONE, message=why, **extra)
 
 
 
@@ -170,10 +181,11 @@ def _live_stream(caller: Sae, ksid: uuid.UUID) -> KeyStream:
 def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     """Open a stream from ``caller`` (status 1: wait for the peer) or join one as its peer (status 0)."""
     tenant = caller.tenant
+    body = _read(body, spec.OPEN_CONNECT_FIELDS, "open_connect")
     source_name = sae_name(body.get("source"), "source")
     destination_name = sae_name(body.get("destination"), "destination")
     if source_name != caller.name:
-        raise Forbidden("source must be the calling SAE", details=[{"source": source_name}])
+        raise Unauthorized("source must be the calling SAE", details=[{"source": source_name}])
     ksid = parse_ksid(body.get("Key_stream_ID"), required=False)
     existing = None
     if ksid is not None:
@@ -182,6 +194,9 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     if existing is not None:
         return _join(existing, caller, destination_name)
     qos = validate_qos(body.get("QoS"))
+    offer = spec.counter_proposal(qos)
+    if offer is not None:
+        return {"status": client004.QOS_NOT_MET, "Key_stream_ID": None, "QoS": offer}
     destination = tenant_sae(tenant, destination_name, "destination")
     if destination.pk == caller.pk:
         raise BadRequest("source and destination must be different SAEs")
@@ -221,7 +236,8 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
 def _join(stream: KeyStream, caller: Sae, destination_name: str) -> dict[str, Any]:
     if stream.state in LIVE and timezone.now() >= stream.expires_at:
         expire(stream)
-        return _answer(stream, client004.TIMEOUT, QoS=stream.qos)
+    if stream.state not in LIVE:
+        return _gone(stream, QoS=stream.qos)
     if (stream.state != KeyStream.State.OPENED or caller.pk != stream.destination_id
             or destination_name != stream.source.name):
         return _answer(stream, client004.KSID_IN_USE, QoS=stream.qos)
@@ -231,7 +247,7 @@ def _join(stream: KeyStream, caller: Sae, destination_name: str) -> dict[str, An
                                             key_stream_id=str(stream.backend_ksid), acting_as=backend_sae)
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, node) from None
-    if answer.status == client004.TIMEOUT:
+    if answer.status == spec.STREAM_GONE:
         expire(stream)
     if answer.status != client004.SUCCESSFUL:
         return _answer(stream, answer.status, QoS=stream.qos)
@@ -247,29 +263,25 @@ def _metadata(stream: KeyStream, index: int, route: dict[str, Any]) -> dict[str,
             **{k: route[k] for k in ROUTE_FIELDS if k in route}}
 
 
-def _size(metadata: dict[str, Any]) -> int:
-    return len(json.dumps(metadata, separators=(",", ":")).encode())
-
-
 def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
     """The chunk ``index`` (default: the caller's next) of the stream; the same bytes for both SAEs."""
-    ksid = parse_ksid(params.get("Key_stream_ID") or params.get("key_stream_id"))
+    params = _read(dict(params.items()), spec.GET_KEY_FIELDS, "get_key")
+    ksid = parse_ksid(params.get("Key_stream_ID"))
     index = optional_int(params.get("index"), "index")
     metadata_size = optional_int(params.get("metadata_size"), "metadata_size", maximum=1 << 20)
-    stream = _live_stream(caller, ksid)
-    if stream.state == KeyStream.State.EXPIRED:
-        return _answer(stream, client004.TIMEOUT, message="key stream TTL expired")
+    stream = _member_stream(caller, ksid)
     now = timezone.now()
-    if now >= stream.expires_at:
+    if stream.state in LIVE and now >= stream.expires_at:
         expire(stream)
-        return _answer(stream, client004.TIMEOUT, message="key stream TTL expired")
+    if stream.state not in LIVE:
+        return _gone(stream)
     if stream.state == KeyStream.State.OPENED:
         return _answer(stream, client004.PEER_NOT_YET_CONNECTED)
     side = _side(stream, caller)
     if index is None:
         index = getattr(stream, f"next_index_{side}")
     # Metadata that would not fit is refused before the chunk leaves the backend (it stays readable).
-    predicted = _size(_metadata(stream, index, stream.route))
+    predicted = spec.metadata_size(_metadata(stream, index, stream.route))
     if metadata_size is not None and metadata_size < predicted:
         return _answer(stream, client004.METADATA_TOO_SMALL, index=index, metadata_size_needed=predicted)
     bits = chunk_bits(stream)
@@ -277,20 +289,22 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
     limits = quota.effective_limits(stream.tenant)  # once for the pre-check and the decision of this request
     if not UsageRecord.objects.for_tenant(stream.tenant_id).filter(idempotency_key=metering_key).exists():
         quota.check(stream.tenant, KEY_METER, bits, limits=limits)
-    # Rate shaping at Max_bps: wait for the chunk to fall due within the QoS Timeout, or say status 2.
+    # Rate shaping at Max_bps: wait for the chunk to fall due within the QoS Timeout, or say status 6.
     wait = (due_at(stream, index) - now).total_seconds()
     if wait > 0:
-        if wait > min(MAX_WAIT_S, stream.qos["Timeout"] / 1000):
-            return _answer(stream, client004.INSUFFICIENT_KEY, index=index,
-                           message=f"chunk {index} is due in {wait:.3f} s at the stream's Max_bps")
+        if wait > min(spec.MAX_TIMEOUT_MS, stream.qos["Timeout"]) / 1000:
+            return _answer(stream, client004.TIMEOUT, index=index,
+                           message=f"chunk {index} is due in {wait:.3f} s at the stream's Max_bps, after the "
+                                   "QoS Timeout")
         time.sleep(wait)
     node, backend_sae = _backend_identity(stream, side)
     try:
         answer = backend(node).get_key(str(stream.backend_ksid), index=index, acting_as=backend_sae)
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, node) from None
-    if answer.status == client004.TIMEOUT:
+    if answer.status == spec.STREAM_GONE:  # the backend stream ended (its TTL): so does this one
         expire(stream)
+        return _gone(stream, index=index)
     if answer.status != client004.SUCCESSFUL:
         return _answer(stream, answer.status, index=index, message=answer.message or "the KME has no chunk now")
     if not answer.key_buffer or answer.index not in (None, index):
@@ -306,7 +320,7 @@ def get_key(caller: Sae, params: dict[str, Any]) -> dict[str, Any]:
             highest_index=Greatest(F("highest_index"), index), route=route,
             chunks_metered=F("chunks_metered") + (0 if record.replayed else 1))
     metadata = _metadata(stream, index, route)
-    if metadata_size is not None and _size(metadata) > metadata_size:
+    if metadata_size is not None and spec.metadata_size(metadata) > metadata_size:
         metadata = _metadata(stream, index, {})  # the route changed: keep the chunk, drop the route fields
     return _answer(stream, client004.SUCCESSFUL, index=index, key_buffer=answer.key_buffer, Metadata=metadata)
 
@@ -322,13 +336,13 @@ def _close_at_backend(node: QkdNode, backend_ksid: str, backend_sae: str) -> Non
 
 def close(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
     """Close the stream at both ends (either SAE may) and release everything."""
-    stream = _live_stream(caller, parse_ksid(body.get("Key_stream_ID") or body.get("key_stream_id")))
+    body = _read(body, spec.CLOSE_FIELDS, "close")
+    stream = _member_stream(caller, parse_ksid(body.get("Key_stream_ID")))
     if stream.state in LIVE:
         node, backend_sae = _backend_identity(stream, _side(stream, caller))
         _close_at_backend(node, str(stream.backend_ksid), backend_sae)
         orders.finish(stream, KeyStream.State.CLOSED, "closed by an SAE")
-    else:  # expired: closing it forgets it
-        KeyStream.objects.for_tenant(stream.tenant_id).filter(pk=stream.pk).update(state=KeyStream.State.CLOSED)
+    # Closing a stream that has ended (closed by the peer, TTL) is what was asked: status 0 again.
     return _answer(stream, client004.SUCCESSFUL)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from portal.errors import BadRequest, Forbidden, NotFound
+from django.contrib import messages
+
+from portal.errors import ApiError, BadRequest, Forbidden, NotFound
 
 from .models import ApiToken, Membership, Tenant
 from .tokens import ROLE_SCOPES
@@ -64,3 +66,22 @@ def resolve_tenant(request, slug: str | None = None) -> TenantContext:
     if not tenant.is_active:
         raise Forbidden(f"tenant {tenant.slug!r} is suspended")
     return TenantContext(tenant=tenant, role=role, scopes=scopes, token=token)
+
+
+def web_tenant(request) -> TenantContext | None:
+    """The tenant a web page shows (``?tenant=`` switches and is remembered in the session); None when the user
+    is a member of no tenant. For pages only: a bad ``?tenant=`` is a message, not an error."""
+    if request.GET.get("tenant"):
+        request.session["tenant"] = request.GET["tenant"]
+    request.auth = None
+    try:
+        return resolve_tenant(request)
+    except ApiError as exc:
+        if request.GET.get("tenant"):
+            messages.error(request, exc.message)
+        request.session.pop("tenant", None)
+        first = Membership.objects.unscoped().select_related("tenant").filter(user=request.user).first()
+        if first is None:
+            return None
+        request.session["tenant"] = first.tenant.slug
+        return resolve_tenant(request, slug=first.tenant.slug)

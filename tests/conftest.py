@@ -10,6 +10,9 @@ import os
 
 import pytest
 
+# The shared fixtures (tenants, members, API clients, the live lab): one place for every app's tests.
+pytest_plugins = ["tests.fixtures"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

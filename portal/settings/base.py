@@ -12,6 +12,8 @@ from urllib.parse import unquote
 
 import environ
 
+from portal.version import VERSION as QXAAS_VERSION  # from the package metadata
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
@@ -205,7 +207,7 @@ SPECTACULAR_SETTINGS = {
         "Quantum-enabled XaaS: QKD key delivery (ETSI GS QKD 014/004), QRNG entropy, quantum-keyed IPsec and "
         "TLS, tenants, quotas and metering. Authenticate with `Authorization: Bearer qx_<id>.<secret>`."
     ),
-    "VERSION": "0.1.0",
+    "VERSION": QXAAS_VERSION,
     "OAS_VERSION": "3.1.0",  # for the mutualTLS security scheme of the ETSI endpoints
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -11,14 +11,14 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from portal.api.base import IsOperator, TenantAPIView, TenantScopedViewSet
 from portal.errors import error_body
-from qrng import delivery, formats, quality, reports, runtime
+from qrng import delivery, formats, quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from qrng.service import SIMULATED_NOTICE, provenance_body, provenance_headers
 from qrng.sources import EntropySourceError
+from tenants.api.base import IsOperator, TenantAPIView, TenantScopedViewSet
+from tenants.authentication import ApiKeyHeaderAuthentication
 
-from .authentication import ApiKeyHeaderAuthentication
 from .serializers import (
     AnuQuerySerializer,
     AnuResponseSerializer,
@@ -248,7 +248,7 @@ class QualityReportViewSet(EntropyViewMixin, mixins.ListModelMixin, mixins.Retri
         body = QualityReportCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         report = reports.start_report(self.tenant, body.validated_data["bytes"], body.validated_data["source"],
-                                      request.user)
+                                      request.user, enqueue=tasks.run_quality_report.delay)
         return Response(QualityReportSerializer(report).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(summary="The report's p-values per test as an SVG plot",

@@ -18,8 +18,10 @@ from .etsi014 import ERROR, EtsiView
 
 TAGS = ["ETSI GS QKD 004"]
 STATUS_HELP = ("ETSI GS QKD 004 V2.1.1 status: 0 successful; 1 successful, peer not connected; 2 insufficient "
-               "key; 3 peer not yet connected; 4 no QKD connection; 5 Key_stream_ID in use; 6 timeout (TTL); "
-               "7 QoS not met (counter-proposal in QoS); 8 metadata size insufficient")
+               "key (the chunk was handed to this SAE before); 3 peer not yet connected; 4 no QKD connection (also "
+               "for a stream that was closed or whose TTL passed); 5 Key_stream_ID in use; 6 timeout (no chunk "
+               "within the QoS Timeout, at most 10 s); 7 QoS not met (counter-proposal in QoS); 8 metadata size "
+               "insufficient (metadata_size_needed)")
 
 QOS = inline_serializer("KeyStreamQoS", {
     "Key_chunk_size": serializers.IntegerField(required=False, help_text="bytes per chunk (default 32)"),

@@ -18,9 +18,10 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.errors import ApiError, BadRequest, Forbidden, describe_etsi
+from portal.errors import ApiError, Forbidden
 from services import delivery
 from services.authentication import SaeCertificateAuthentication, token_calling_sae
+from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, request_object
 from services.models import Sae
 from tenants.authentication import BearerTokenAuthentication
 from tenants.models import ApiToken
@@ -74,15 +75,9 @@ class EtsiView(APIView):
         return token_calling_sae(ctx, request.headers.get("X-SAE-ID"), self.required_scope)
 
     @staticmethod
-    def body(request) -> dict[str, Any]:
-        if request.method == "GET":
-            return {}
-        data = request.data
-        if data in (None, "") or data == {}:
-            return {}
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return data
+    def body(request) -> dict[str, Any] | None:
+        """The request's JSON object; None for the GET form (its parameters are in the query)."""
+        return None if request.method == "GET" else request_object(request.data)
 
 
 STATUS = inline_serializer("KeyStatus", {
@@ -119,8 +114,7 @@ class EncKeysView(EtsiView):
                    responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 429: ERROR, 503: ERROR},
                    examples=[EXAMPLE_KEYS])
     def get(self, request, slave_sae_id: str):
-        params = request.query_params
-        return self._keys(request, slave_sae_id, params.get("number"), params.get("size"), None, None)
+        return self._keys(request, slave_sae_id)
 
     @extend_schema(
         summary="ETSI 014 Get key", tags=["ETSI GS QKD 014"],
@@ -134,14 +128,12 @@ class EncKeysView(EtsiView):
                   EXAMPLE_KEYS],
     )
     def post(self, request, slave_sae_id: str):
-        b = self.body(request)
-        return self._keys(request, slave_sae_id, b.get("number"), b.get("size"), b.get("additional_slave_SAE_IDs"),
-                          b.get("extension_mandatory"))
+        return self._keys(request, slave_sae_id)
 
-    def _keys(self, request, slave, number, size, additional, mandatory) -> HttpResponse:
+    def _keys(self, request, slave: str) -> HttpResponse:
         master = self.caller(request)
-        return key_response(delivery.enc_keys(master, slave, number=number, size=size,
-                                              additional_slave_sae_ids=additional, extension_mandatory=mandatory))
+        return key_response(delivery.enc_keys(master, slave, **enc_keys_params(request.query_params,
+                                                                                self.body(request))))
 
 
 class DecKeysView(EtsiView):
@@ -149,21 +141,18 @@ class DecKeysView(EtsiView):
                    parameters=[OpenApiParameter("key_ID", str, description="a key ID (UUID)")],
                    responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR}, examples=[EXAMPLE_KEYS])
     def get(self, request, master_sae_id: str):
-        key_id = request.query_params.get("key_ID")
-        if not key_id:
-            raise BadRequest("key_ID is required")
-        return self._keys(request, master_sae_id, [{"key_ID": key_id}])
+        return self._keys(request, master_sae_id)
 
     @extend_schema(summary="ETSI 014 Get key with key IDs", tags=["ETSI GS QKD 014"],
                    request=inline_serializer("KeyIds", {
                        "key_IDs": serializers.ListField(child=serializers.DictField())}),
                    responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR}, examples=[EXAMPLE_KEYS])
     def post(self, request, master_sae_id: str):
-        return self._keys(request, master_sae_id, self.body(request).get("key_IDs"))
+        return self._keys(request, master_sae_id)
 
-    def _keys(self, request, master, raw_ids) -> HttpResponse:
+    def _keys(self, request, master: str) -> HttpResponse:
         slave = self.caller(request)
-        return key_response(delivery.dec_keys(slave, master, delivery.parse_key_ids(raw_ids)))
+        return key_response(delivery.dec_keys(slave, master, dec_keys_ids(request.query_params, self.body(request))))
 
 
 __all__ = ["ApiError", "DecKeysView", "EncKeysView", "StatusView"]

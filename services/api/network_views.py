@@ -1,8 +1,8 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework.response import Response
 
-from portal.api.base import TenantAPIView
 from services.network import network_view
+from tenants.api.base import TenantAPIView
 
 
 class NetworkView(TenantAPIView):

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
 from . import etsi004, etsi014, views
+from .network_views import NetworkView
 
 router = SimpleRouter(trailing_slash="/?")
 router.register("saes", views.SaeViewSet, basename="sae")
@@ -16,6 +17,7 @@ urlpatterns = [
             name="etsi014-enc-keys"),
     re_path(r"^v1/keys/" + SAE_ID.format("master_sae_id") + r"/dec_keys/?$", etsi014.DecKeysView.as_view(),
             name="etsi014-dec-keys"),
+    path("qkd/network/", NetworkView.as_view(), name="qkd-network"),
     path("qkd/nodes/", views.NodeListView.as_view(), name="qkd-nodes"),
     path("qkd/keys", views.SimpleKeyView.as_view(), name="qkd-keys"),
     path("qkd/keys/<str:key_id>", views.SimplePeerKeyView.as_view(), name="qkd-peer-key"),

@@ -15,10 +15,10 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from portal.api.base import TenantAPIView, TenantScopedViewSet
 from portal.errors import BadRequest
 from services import delivery, registry, saes
 from services.models import KeyStream, QkdNode, Sae
+from tenants.api.base import TenantAPIView, TenantScopedViewSet
 
 from .etsi014 import key_response
 from .serializers import (

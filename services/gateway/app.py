@@ -30,9 +30,10 @@ import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from django.db import DatabaseError, connections
 
-from portal.errors import BadRequest, ServiceUnavailable, describe_etsi
+from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
 from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
+from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
 from tenants.ratelimit import take
 
@@ -138,19 +139,6 @@ def etsi_error(exc: Exception, headers: dict[str, str] | None = None) -> web.Res
     return _json(body, {**(headers or {}), **extra}, status)
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    """The JSON object of a POST (parsed in the job, after authentication: no credentials is a 401 first)."""
-    if not raw.strip():
-        return {}
-    try:
-        data = orjson.loads(raw)
-    except ValueError:
-        raise BadRequest("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data
-
-
 def etsi_view(scope: str):
     """An ETSI 014 handler: errors in the ETSI format with the rate-limit headers of the request."""
     def wrap(handler):
@@ -185,14 +173,9 @@ async def status_view(request: web.Request, gateway: Gateway, scope: str, state:
 
 def _order(credentials: tuple, scope: str, slave: str, query: dict[str, str], raw: bytes | None):
     master, headers = _caller(credentials, scope)
-    if raw is None:  # GET
-        params = {"number": query.get("number"), "size": query.get("size")}
-    else:
-        b = _body(raw)
-        params = {"number": b.get("number"), "size": b.get("size"),
-                  "additional_slave_sae_ids": b.get("additional_slave_SAE_IDs"),
-                  "extension_mandatory": b.get("extension_mandatory")}
-    return delivery.order_keys(master, slave, **params), headers
+    # The body is parsed here, after authentication: no credentials is a 401 before a bad body's 400.
+    body = None if raw is None else parse_body(raw)
+    return delivery.order_keys(master, slave, **enc_keys_params(query, body)), headers
 
 
 async def _raw_body(request: web.Request) -> bytes | None:
@@ -213,13 +196,8 @@ async def enc_keys_view(request: web.Request, gateway: Gateway, scope: str, stat
 
 def _fetch(credentials: tuple, scope: str, master: str, query: dict[str, str], raw: bytes | None):
     slave, headers = _caller(credentials, scope)
-    if raw is None:  # GET
-        if not query.get("key_ID"):
-            raise BadRequest("key_ID is required")
-        raw_ids: Any = [{"key_ID": query["key_ID"]}]
-    else:
-        raw_ids = _body(raw).get("key_IDs")
-    return delivery.fetch_order(slave, master, delivery.parse_key_ids(raw_ids)), headers
+    body = None if raw is None else parse_body(raw)
+    return delivery.fetch_order(slave, master, dec_keys_ids(query, body)), headers
 
 
 @etsi_view("keys:read")

@@ -12,9 +12,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 from portal.errors import BadRequest
 from tenants import quota, services, tokens
+from tenants.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 from tenants.meters import METERS
 from tenants.models import MANAGING_ROLES, ApiToken, Membership, Plan, Tenant, UsageRecord
 

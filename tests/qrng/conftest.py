@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fixtures import TEST_PLAN_LIMITS
+
 
 class ApplianceHandler(BaseHTTPRequestHandler):
     """Routes by path; ``bytes``/``size`` query parameters say how much to send."""
@@ -185,23 +187,13 @@ def mtls_twin(tmp_path):
 
 # -- the Django layer: tenants with entropy tokens, sources configured per test ------------------------------
 
-from tests.tenants.conftest import client_for, make_tenant, make_user, member  # noqa: E402, F401
-
 ENTROPY_PER_DAY = 64 << 20
 
 
 @pytest.fixture
-def plan(db):
-    """A plan with 64 MiB of entropy a day (the tenants' test plan has 10^6 bytes, less than 1 MiB)."""
-    from tenants.models import Plan
-    from tenants.services import set_plan_limits
-
-    plan = Plan.objects.create(name="Entropy test", slug="entropy-test")
-    set_plan_limits(plan, {
-        "qkd_key_bits.day": 10_000, "qkd_key_bits.month": 100_000, "entropy_bytes.day": ENTROPY_PER_DAY,
-        "entropy_bytes.month": -1, "ipsec_tunnels": 2, "tls_sessions": 2, "key_streams": 2,
-    })
-    return plan
+def plan_limits() -> dict[str, int]:
+    """64 MiB of entropy a day (the shared test plan has 10^6 bytes, less than 1 MiB)."""
+    return {**TEST_PLAN_LIMITS, "entropy_bytes.day": ENTROPY_PER_DAY}
 
 
 @pytest.fixture
@@ -235,7 +227,7 @@ def random_file(tmp_path):
     return make
 
 
-class Lab:
+class EntropyLab:
     def __init__(self, tenant, owner, client):
         self.tenant, self.owner, self.client = tenant, owner, client
 
@@ -252,11 +244,13 @@ class Lab:
 
 
 @pytest.fixture
-def make_lab(make_tenant, member, client_for):  # noqa: F811
-    def make(slug: str, scopes: list[str] | None = None) -> Lab:
+def make_entropy_lab(make_tenant, member, client_for):
+    """A tenant with an owner and an API client (``entropy:read`` unless told), its entropy ledger at hand."""
+
+    def make(slug: str, scopes: list[str] | None = None) -> EntropyLab:
         tenant = make_tenant(slug)
         owner = member(tenant, f"{slug}-owner")
-        return Lab(tenant, owner, client_for(owner, tenant, scopes or ["entropy:read"]))
+        return EntropyLab(tenant, owner, client_for(owner, tenant, scopes or ["entropy:read"]))
 
     return make
 

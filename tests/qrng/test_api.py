@@ -33,8 +33,8 @@ def device(path: str, name: str = "qrng", **extra) -> dict:
 
 
 @pytest.fixture
-def lab(make_lab):
-    return make_lab("lab")
+def lab(make_entropy_lab):
+    return make_entropy_lab("lab")
 
 
 @pytest.fixture
@@ -175,8 +175,8 @@ def test_anu_legacy_path_api_key_header_and_error_shape(lab, file_source):
 # -- scopes, tenants, quota ------------------------------------------------------------------------------------
 
 
-def test_a_token_without_entropy_read_gets_403_and_nothing(make_lab, file_source):
-    other = make_lab("keys-only", scopes=["keys:read", "billing:read"])
+def test_a_token_without_entropy_read_gets_403_and_nothing(make_entropy_lab, file_source):
+    other = make_entropy_lab("keys-only", scopes=["keys:read", "billing:read"])
     for url in ("/api/entropy?format=raw&bytes=64", "/api/entropy/anu?length=4", "/api/entropy/capabilities",
                 "/api/entropy/quality-reports/"):
         response = other.get(url)
@@ -186,8 +186,8 @@ def test_a_token_without_entropy_read_gets_403_and_nothing(make_lab, file_source
     assert other.ledger() == []
 
 
-def test_tenants_never_receive_the_same_bytes(make_lab, file_source):
-    a, b = make_lab("alpha"), make_lab("bravo")
+def test_tenants_never_receive_the_same_bytes(make_entropy_lab, file_source):
+    a, b = make_entropy_lab("alpha"), make_entropy_lab("bravo")
     served: list[tuple[str, bytes]] = []
     for i in range(6):
         lab = (a, b)[i % 2]

@@ -18,10 +18,10 @@ def eager():
 
 
 @pytest.fixture
-def victims_report(make_lab, use_sources, random_file, eager, django_capture_on_commit_callbacks):
+def victims_report(make_entropy_lab, use_sources, random_file, eager, django_capture_on_commit_callbacks):
     path, _ = random_file(1 << 20)
     use_sources([{"name": "qrng", "kind": "device", "path": path}])
-    victim, attacker = make_lab("victim"), make_lab("attacker")
+    victim, attacker = make_entropy_lab("victim"), make_entropy_lab("attacker")
     with django_capture_on_commit_callbacks(execute=True):
         made = victim.client.post("/api/entropy/quality-reports/", {"bytes": 125_000}, format="json")
     assert made.status_code == 202, made.content

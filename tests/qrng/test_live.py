@@ -21,8 +21,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def lab(make_lab):
-    return make_lab("lab")
+def lab(make_entropy_lab):
+    return make_entropy_lab("lab")
 
 
 @pytest.fixture

@@ -115,13 +115,13 @@ def test_cumulative_sums_example():
 
 
 def test_random_data_passes_and_biased_data_fails():
-    good = quality.run_battery(np.random.default_rng(21).bytes(125_000))
-    assert good["bits"] == 10**6 and good["tests_run"] == 8
+    good = quality.quality_report(np.random.default_rng(21).bytes, 125_000)  # one sequence: every p-value passes
+    assert good["sequences"] == 1 and good["bits"] == 10**6 and good["tests_run"] == 8
     assert good["passed"], [(t["name"], t["p_values"]) for t in good["tests"]]
     assert good["most_common_value"]["min_entropy_per_sample"] > 7.5
     rng = np.random.default_rng(22)
     biased = np.packbits(rng.random(10**6) < 0.51).tobytes()  # 51 % ones
-    bad = quality.run_battery(biased)
+    bad = quality.quality_report(lambda n: biased[:n], len(biased))
     assert not bad["passed"]
     assert {t["name"]: t["passed"] for t in bad["tests"]}["frequency"] is False
 

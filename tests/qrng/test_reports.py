@@ -30,8 +30,8 @@ def eager():
 
 
 @pytest.fixture
-def lab(make_lab):
-    return make_lab("lab")
+def lab(make_entropy_lab):
+    return make_entropy_lab("lab")
 
 
 @pytest.fixture
@@ -80,8 +80,8 @@ def test_report_requests_are_validated_and_one_runs_at_a_time(lab, file_source):
 
 
 @pytest.mark.django_db
-def test_reports_are_tenant_scoped(make_lab, file_source):
-    a, b = make_lab("alpha"), make_lab("bravo")
+def test_reports_are_tenant_scoped(make_entropy_lab, file_source):
+    a, b = make_entropy_lab("alpha"), make_entropy_lab("bravo")
     made = a.client.post("/api/entropy/quality-reports/", {"bytes": 1000}, format="json").json()
     assert b.get(f"/api/entropy/quality-reports/{made['id']}/").status_code == 404
     assert b.get("/api/entropy/quality-reports/").json()["results"] == []

@@ -12,8 +12,8 @@ from qrng import runtime
 
 
 @pytest.fixture
-def lab(make_lab):
-    return make_lab("twinlab")
+def lab(make_entropy_lab):
+    return make_entropy_lab("twinlab")
 
 
 @pytest.fixture

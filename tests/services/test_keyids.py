@@ -17,6 +17,23 @@ def test_key_ids_open_to_their_batch_and_index_and_are_uuid_strings():
     assert keyids.seal(batch, 2, first=3) == ids[3:]
 
 
+def test_key_ids_are_rfc_9562_uuidv8_for_strict_validators():
+    ids = keyids.seal(keyids.new_batch(), 64)
+    for key_id in ids:
+        parsed = uuid.UUID(key_id)
+        assert parsed.version == 8 and parsed.variant == uuid.RFC_4122
+        assert key_id[14] == "8" and key_id[19] in "89ab"
+    # the extremes of the payload still round-trip
+    assert keyids.open_ids(keyids.seal(keyids.MAX_BATCH, 2, first=2**32 - 2)) == [
+        (keyids.MAX_BATCH, 2**32 - 2), (keyids.MAX_BATCH, 2**32 - 1)]
+    assert keyids.open_ids(keyids.seal(1, 1)) == [(1, 0)]
+
+
+def test_ids_sealed_before_the_uuidv8_scheme_still_open():
+    batch = keyids.new_batch()
+    assert keyids.open_ids([keyids.seal_legacy(batch, 7), keyids.seal(batch, 1)[0]]) == [(batch, 7), (batch, 0)]
+
+
 @override_settings(KEY_ID_SECRET="a fixed secret")  # deterministic: the check below is on fixed IDs
 def test_consecutive_batches_and_indexes_give_unrelated_ids():
     ids = keyids.seal(1, 2) + keyids.seal(2, 1)
@@ -27,7 +44,8 @@ def test_consecutive_batches_and_indexes_give_unrelated_ids():
 def test_made_up_altered_and_foreign_ids_do_not_open():
     key_id = keyids.seal(keyids.new_batch(), 1)[0]
     altered = key_id[:-1] + ("0" if key_id[-1] != "0" else "1")
-    assert keyids.open_ids([str(uuid.uuid4()), altered]) == [None, None]
+    made_up_v8 = str(uuid.UUID(int=(uuid.uuid4().int & ~(0xF << 76)) | (0x8 << 76)))  # the right shape, not sealed
+    assert keyids.open_ids([str(uuid.uuid4()), altered, made_up_v8]) == [None, None, None]
     with override_settings(KEY_ID_SECRET="another portal"):
         assert keyids.open_ids([key_id]) == [None]
 

@@ -99,9 +99,10 @@ def test_both_saes_read_the_same_chunks_metered_once_per_index(make_lab, caplog)
     closed = ok(call(lab, "upm-rect", "close", Key_stream_ID=ksid))
     assert closed == {"status": 0, "Key_stream_ID": ksid}
     assert used(lab.tenant, "key_streams") == 0
-    after = call(lab, "upm-cait", "get_key", "get", Key_stream_ID=ksid, index=3)
-    assert after.status_code == 400 and "message" in after.json()
-    assert call(lab, "upm-cait", "close", Key_stream_ID=ksid).status_code == 400
+    # The peer's calls after CLOSE get 004 statuses: 4 (the stream's connection is no more), close is done.
+    after = ok(call(lab, "upm-cait", "get_key", "get", Key_stream_ID=ksid, index=3))
+    assert after["status"] == 4 and after["message"] == "key stream closed" and "key_buffer" not in after
+    assert ok(call(lab, "upm-cait", "close", Key_stream_ID=ksid))["status"] == 0
     assert used(lab.tenant, "key_streams") == 0  # released once
 
     # Key material never reaches the database or the logs: only IDs do.
@@ -210,7 +211,7 @@ def test_bad_get_key_loses_no_chunk(make_lab):
     ksid = open_stream(lab)
     join(lab, ksid)
     wrong_source = call(lab, "upm-cait", "open_connect", source="sae://upm-rect", destination="sae://upm-cait")
-    assert wrong_source.status_code == 403
+    assert wrong_source.status_code == 401
     for params in ({"index": -1}, {"index": "x"}, {"metadata_size": "big"}, {"Key_stream_ID": "nope"}):
         response = call(lab, "upm-cait", "get_key", "get", **{"Key_stream_ID": ksid, **params})
         assert response.status_code == 400, (params, response.content)
@@ -224,7 +225,7 @@ def test_bad_get_key_loses_no_chunk(make_lab):
     assert c0["status"] == r0["status"] == 0 and c0["key_buffer"] == r0["key_buffer"]
     # A third SAE of the tenant is no application of the stream.
     lab.add_sae("upm-rect-2", "Rectorado")
-    assert call(lab, "upm-rect-2", "get_key", "get", Key_stream_ID=ksid).status_code == 403
+    assert call(lab, "upm-rect-2", "get_key", "get", Key_stream_ID=ksid).status_code == 401
 
 
 def test_a_chunk_ahead_of_max_bps_is_refused_and_not_charged(make_lab):
@@ -234,7 +235,7 @@ def test_a_chunk_ahead_of_max_bps_is_refused_and_not_charged(make_lab):
     join(lab, ksid)
     assert get_key(lab, "upm-cait", ksid, index=0)["status"] == 0
     ahead = get_key(lab, "upm-cait", ksid, index=40)  # due ~19.5 s after the join
-    assert ahead["status"] == 2 and "Max_bps" in ahead["message"]
+    assert ahead["status"] == 6 and "Max_bps" in ahead["message"]  # not due within the QoS Timeout
     assert used(lab.tenant, "qkd_key_bits.day") == CHUNK_BITS
 
 
@@ -253,16 +254,16 @@ def test_ttl_expiry_by_the_periodic_task_closes_the_backend_stream_and_releases_
     assert maintain_orders.apply().get()["expired"] == 1
     stream.refresh_from_db()
     assert stream.state == KeyStream.State.EXPIRED and used(lab.tenant, "key_streams") == 0
-    assert get_key(lab, "upm-cait", ksid)["status"] == 6
+    assert get_key(lab, "upm-cait", ksid)["status"] == 4  # TTL passed: the stream is no more
     assert maintain_orders.apply().get()["expired"] == 0  # released once
     assert used(lab.tenant, "key_streams") == 0
-    # Closed at the backend, not merely forgotten by the portal: the KME no longer knows the stream.
+    # Closed at the backend, not merely forgotten by the portal: the KME answers its applications status 4.
     with backend_twin.session("sae-cait-1", portal=True) as s:
         r = s.get(backend_twin.url("CAIT") + "/api/get_key", params={"Key_stream_ID": str(stream.backend_ksid)},
                   timeout=10)
-    assert r.status_code == 400
+    assert r.status_code == 200 and r.json()["status"] == 4
     assert ok(call(lab, "upm-cait", "close", Key_stream_ID=ksid))["status"] == 0
-    assert call(lab, "upm-cait", "get_key", "get", Key_stream_ID=ksid).status_code == 400
+    assert get_key(lab, "upm-cait", ksid)["status"] == 4
 
 
 def test_the_filler_makes_chunks_ahead_at_the_backend(make_lab, twin_factory):
@@ -284,7 +285,8 @@ def test_the_filler_makes_chunks_ahead_at_the_backend(make_lab, twin_factory):
     for index in (0, last):
         c, r = get_key(lab, "upm-cait", ksid, index=index), get_key(lab, "upm-rect", ksid, index=index)
         assert c["status"] == r["status"] == 0 and c["key_buffer"] == r["key_buffer"]
-    assert get_key(lab, "upm-rect", ksid, index=last + 1)["status"] == 2  # not made ahead: no key now
+    # Not made ahead and no path: no key within the QoS Timeout.
+    assert get_key(lab, "upm-rect", ksid, index=last + 1)["status"] == 6
     assert used(lab.tenant, "qkd_key_bits.day") == 2 * CHUNK_BITS
     # No path, no new stream.
     set_quota_overrides(lab.tenant, {"key_streams": 5})
@@ -439,3 +441,36 @@ def test_a_closed_streams_connected_time_is_in_the_usage_api(make_lab):
                                                - math.floor(stream.activated_at.timestamp())) >= 75
     detail = ok(lab.client.get(f"/api/qkd/streams/{ksid}"))
     assert detail["order_id"] == str(stream.uuid) and detail["state"] == "closed"
+
+
+def test_one_json_binding_at_the_portal_as_at_the_kmes(make_lab):
+    lab = make_lab("upm")
+    opened = ok(call(lab, "upm-cait", "open_connect", source="qkd://upm-cait:443/app", destination="sae://upm-rect",
+                     qos={"Key_chunk_size": 16, "TTL": 60}))
+    assert opened["status"] == 1 and opened["QoS"]["Key_chunk_size"] == 16  # lower-case qos honoured
+    ksid = opened["Key_stream_ID"]
+    joined = ok(call(lab, "upm-rect", "open_connect", source="sae://upm-rect", destination="sae://upm-cait",
+                     key_stream_id=ksid))
+    assert joined["status"] == 0 and joined["Key_stream_ID"] == ksid  # a join, not a second stream
+    assert KeyStream.objects.for_tenant(lab.tenant).count() == 1 and used(lab.tenant, "key_streams") == 1
+    chunk = ok(call(lab, "upm-cait", "get_key", key_stream_id=ksid, index=0))
+    assert chunk["status"] == 0 and len(base64.b64decode(chunk["key_buffer"])) == 16
+    for op, method, data in (("open_connect", "post", {"source": "sae://upm-cait", "destination": "sae://upm-rect",
+                                                       "QOS_typo": {}}),
+                             ("get_key", "get", {"Key_stream_ID": ksid, "idx": 1}),
+                             ("close", "post", {"Key_stream_ID": ksid, "force": True})):
+        refused = call(lab, "upm-cait", op, method, **data)
+        assert refused.status_code == 400 and "unknown field" in refused.json()["message"], refused.content
+    assert used(lab.tenant, "key_streams") == 1 and used(lab.tenant, "qkd_key_bits.day") == 16 * 8
+
+
+def test_qos_granted_as_enforced_and_mimetype_counter_proposed_at_the_portal(make_lab):
+    lab = make_lab("upm")
+    opened = ok(call(lab, "upm-cait", "open_connect", source="sae://upm-cait", destination="sae://upm-rect",
+                     QoS={"Timeout": 60000, "TTL": 60}))
+    assert opened["status"] == 1 and opened["QoS"]["Timeout"] == 10000
+    other = ok(call(lab, "upm-cait", "open_connect", source="sae://upm-cait", destination="sae://upm-rect",
+                    QoS={"Metadata_mimetype": "text/plain"}))
+    assert other["status"] == 7 and other["Key_stream_ID"] is None
+    assert other["QoS"]["Metadata_mimetype"] == "application/json"
+    assert used(lab.tenant, "key_streams") == 1  # the counter-proposal opened nothing

@@ -7,8 +7,8 @@ from django.urls import path
 from rest_framework import mixins, serializers
 from rest_framework.test import APIClient
 
-from portal.api.base import TenantScopedViewSet
 from tenants import quota
+from tenants.api.base import TenantScopedViewSet
 from tenants.models import ApiToken, Membership, UsageRecord
 from tenants.scoping import UnscopedQueryError
 

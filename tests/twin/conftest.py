@@ -1,7 +1,7 @@
 """Fixtures that run the real SD-QKD twin (``python -m services.sdqkd.twin``) in a subprocess, on 127.0.0.1
 with ephemeral ports and HTTPS with mutual TLS, its state in a temporary directory.
 
-Reusable by other areas (e.g. the gateway)::
+``twin_factory`` (in ``tests/fixtures.py``, for every area) starts them::
 
     def test_something(twin_factory):
         twin = twin_factory("madqci")
@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,21 +171,6 @@ def start_twin(
     if insecure:
         args.append("--insecure-http")
     return RunningTwin(topology, state_dir, args).start()
-
-
-@pytest.fixture
-def twin_factory(tmp_path: Path) -> Iterator[Callable[..., RunningTwin]]:
-    """Start twins (``twin_factory("mesh-8", time_scale=100)``); all are stopped after the test."""
-    started: list[RunningTwin] = []
-
-    def factory(topology: str = "madqci", **kwargs: Any) -> RunningTwin:
-        twin = start_twin(tmp_path / f"twin-{len(started)}", topology, **kwargs)
-        started.append(twin)
-        return twin
-
-    yield factory
-    for twin in started:
-        twin.stop()
 
 
 @pytest.fixture(scope="module")

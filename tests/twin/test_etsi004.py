@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
+import uuid
 
 A, B = "sae-cait-1", "sae-rectorado-1"
 
@@ -45,9 +47,13 @@ def test_both_peers_get_the_same_chunk_for_the_same_index(madqci):
     # A chunk goes to each application once.
     assert call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 0})["status"] == 2
     assert call(madqci, A, "POST", "/api/close", json={"Key_stream_ID": ksid})["status"] == 0
-    with madqci.session(B) as s:
-        r = s.get(madqci.url("Rectorado") + "/api/get_key", params={"Key_stream_ID": ksid, "index": 3})
-    assert r.status_code == 400  # closed at both ends
+    # Closed at both ends: the peer's calls get status 4 (the connection is no more), closing again is done.
+    after = call(madqci, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 3})
+    assert after["status"] == 4 and "key_buffer" not in after
+    assert call(madqci, B, "POST", "/api/close", json={"Key_stream_ID": ksid})["status"] == 0
+    with madqci.session(B) as s:  # an ID that never was a stream is still a 400
+        r = s.get(madqci.url("Rectorado") + "/api/get_key", params={"Key_stream_ID": str(uuid.uuid4())})
+    assert r.status_code == 400
 
 
 def test_qos_beyond_the_path_gets_a_counter_proposal(madqci):
@@ -79,8 +85,8 @@ def test_a_stream_expires_after_its_ttl(madqci):
     while (status := call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"]) == 0:
         assert time.monotonic() < deadline, "the stream outlived its TTL"
         time.sleep(0.1)
-    assert status == 6
-    assert call(madqci, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 6
+    assert status == 4
+    assert call(madqci, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 4
 
 
 def test_metadata_buffer_too_small_is_status_8(madqci):
@@ -105,16 +111,16 @@ def test_no_path_is_status_4(twin_factory):
     assert call(twin, A, "POST", "/api/open_connect", json={"source": A, "destination": B})["status"] == 4
 
 
-def test_insufficient_key_is_status_2_after_the_qos_timeout(twin_factory):
+def test_no_key_within_the_qos_timeout_is_status_6(twin_factory):
     twin = twin_factory("madqci", time_scale=50.0)
     twin.wait_for_key(A, B)
     ksid = open_pair(twin, {"Timeout": 300})
     assert call(twin, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid})["status"] == 0
     twin.admin("cait-ccs", "cut")
     twin.admin("cait-ccs", "drain")
-    # chunk 0 exists at both ends already; chunk 1 needs new link key, which cannot come: status 2 once the
+    # chunk 0 exists at both ends already; chunk 1 needs new link key, which cannot come: status 6 once the
     # QoS Timeout has passed, and the chunk is not lost
-    assert call(twin, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})["status"] == 2
+    assert call(twin, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})["status"] == 6
     twin.admin("cait-ccs", "restore")
     deadline = time.monotonic() + 10
     while (chunk := call(twin, B, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1}))["status"] != 0:
@@ -122,3 +128,45 @@ def test_insufficient_key_is_status_2_after_the_qos_timeout(twin_factory):
         time.sleep(0.1)
     peer = call(twin, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 1})
     assert peer["status"] == 0 and peer["key_buffer"] == chunk["key_buffer"]  # the same chunk at both ends
+
+
+def test_one_json_binding_lower_case_names_are_honoured_unknown_fields_refused(madqci):
+    opened = call(madqci, A, "POST", "/api/open_connect",
+                  json={"source": f"qkd://{A}:443/app", "destination": f"sae://user@{B}",
+                        "qos": {"Key_chunk_size": 16}})
+    assert opened["status"] == 1 and opened["QoS"]["Key_chunk_size"] == 16  # not silently the default 32
+    ksid = opened["Key_stream_ID"]
+    joined = call(madqci, B, "POST", "/api/open_connect",
+                  json={"source": B, "destination": A, "key_stream_id": ksid})
+    assert joined["status"] == 0 and joined["Key_stream_ID"] == ksid  # a join, not a new stream
+    chunk = call(madqci, A, "POST", "/api/get_key", json={"key_stream_id": ksid, "INDEX": 0})
+    assert chunk["status"] == 0 and len(base64.b64decode(chunk["key_buffer"])) == 16
+    with madqci.session(A) as s:
+        for path, body in (("/api/open_connect", {"source": A, "destination": B, "QOS_typo": {}}),
+                           ("/api/close", {"Key_stream_ID": ksid, "force": True})):
+            r = s.post(madqci.url("CAIT") + path, json=body)
+            assert r.status_code == 400 and "unknown field" in r.json()["message"], r.text
+        r = s.get(madqci.url("CAIT") + "/api/get_key", params={"Key_stream_ID": ksid, "idx": 1})
+        assert r.status_code == 400 and "unknown field" in r.json()["message"]
+
+
+def test_qos_granted_as_enforced_and_counter_proposed_mimetype(madqci):
+    opened = call(madqci, A, "POST", "/api/open_connect",
+                  json={"source": A, "destination": B, "QoS": {"Timeout": 60000}})
+    assert opened["status"] == 1 and opened["QoS"]["Timeout"] == 10000
+    other = call(madqci, A, "POST", "/api/open_connect",
+                 json={"source": A, "destination": B, "QoS": {"Metadata_mimetype": "text/plain"}})
+    assert other["status"] == 7 and other["Key_stream_ID"] is None
+    assert other["QoS"]["Metadata_mimetype"] == "application/json"
+
+
+def test_status_8_says_exactly_the_metadata_size_needed(madqci):
+    ksid = open_pair(madqci)
+    small = call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 0, "metadata_size": 4})
+    assert small["status"] == 8 and "key_buffer" not in small
+    needed = small["metadata_size_needed"]
+    assert call(madqci, A, "GET", "/api/get_key",
+                params={"Key_stream_ID": ksid, "index": 0, "metadata_size": needed - 1})["status"] == 8
+    chunk = call(madqci, A, "GET", "/api/get_key", params={"Key_stream_ID": ksid, "index": 0, "metadata_size": needed})
+    assert chunk["status"] == 0
+    assert len(json.dumps(chunk["Metadata"], separators=(",", ":")).encode()) == needed

@@ -151,7 +151,6 @@ def test_dec_keys_is_all_or_nothing(madqci):
         {"size": 0},
         {"size": -8},
         {"size": "abc01"},
-        {"additional_slave_SAE_IDs": []},  # empty list (as the public ETSI 014 test suite expects)
         {"additional_slave_SAE_IDs": [" "]},
         {"additional_slave_SAE_IDs": ["no-such-sae"]},
         {"additional_slave_SAE_IDs": ["sae-rectorado-1"]},  # the slave twice
@@ -163,6 +162,34 @@ def test_dec_keys_is_all_or_nothing(madqci):
 )
 def test_invalid_key_requests_are_400(madqci, body):
     assert_etsi_error(madqci.enc_keys(MASTER, SLAVE, **body), 400)
+
+
+@pytest.mark.parametrize("body, message, details", [
+    ({"size": 100}, "size shall be a multiple of 8", [{"size": 100}]),
+    ({"extension_mandatory": [{"abc_route_type": "direct"}, {}]},
+     "not all extension_mandatory parameters are supported",
+     [{"extension_mandatory_unsupported": ["abc_route_type"]}]),
+])
+def test_the_standards_fixed_messages(madqci, body, message, details):
+    body = assert_etsi_error(madqci.enc_keys(MASTER, SLAVE, **body), 400)
+    assert body["message"] == message and body["details"] == details
+
+
+@pytest.mark.parametrize("body", [
+    {"number": None, "size": None, "additional_slave_SAE_IDs": None, "extension_mandatory": None,
+     "extension_optional": None},
+    {"additional_slave_SAE_IDs": [], "extension_mandatory": [], "extension_optional": []},
+    {"extension_mandatory": [{}]},
+], ids=["null is absent", "empty lists are none", "an empty object is no extension"])
+def test_optional_fields_may_be_null_or_empty(madqci, body):
+    response = madqci.enc_keys(MASTER, SLAVE, **body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["keys"]) == 1 and len(base64.b64decode(response.json()["keys"][0]["key"])) == 32
+
+
+def test_unknown_key_ids_get_the_standards_message(madqci):
+    body = assert_etsi_error(madqci.dec_keys(SLAVE, MASTER, [str(uuid.uuid4())]), 400)
+    assert body["message"] == "one or more keys specified are not found on KME"
 
 
 @pytest.mark.parametrize("query", [{"size": "0"}, {"size": "-8"}, {"size": "abc01"}, {"number": "0"},

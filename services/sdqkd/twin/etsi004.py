@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +37,20 @@ from .routing import find_path
 
 log = logging.getLogger("twin.etsi004")
 
-MAX_WAIT_S = 10.0
+CLOSED_REMEMBERED = 10_000  # ended streams whose applications still get status 4 (oldest forgotten first)
 LOCAL_CAPACITY_BPS = 1e9  # both applications on one node: key comes from the entropy source
 
 
-def sae_from_uri(uri: Any) -> str:
+def sae_from_uri(uri: Any, field: str = "source") -> str:
     try:
-        return spec.sae_from_uri(uri)
+        return spec.sae_from_uri(uri, field)
+    except spec.Etsi004Error as exc:
+        raise BadRequest(exc.message, exc.details) from None
+
+
+def read(body: Any, fields: tuple[str, ...], call: str) -> dict[str, Any]:
+    try:
+        return spec.read_call(body, fields, call)
     except spec.Etsi004Error as exc:
         raise BadRequest(exc.message, exc.details) from None
 
@@ -66,6 +74,24 @@ class KeyStreams:
         self.kme = kme
         self.time_scale = time_scale
         self.streams: dict[str, KeyStream] = {}
+        # Ended streams (closed, TTL passed) -> their two applications, so a late call gets status 4, not a 400.
+        self.ended: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    def _end(self, stream: KeyStream) -> None:
+        self.streams.pop(stream.id, None)
+        self.ended[stream.id] = (stream.source_sae, stream.destination_sae)
+        while len(self.ended) > CLOSED_REMEMBERED:
+            self.ended.popitem(last=False)
+
+    def _ended_answer(self, caller: str, ksid: Any) -> dict[str, Any]:
+        """A call naming a stream that is not open here: status 4 to its applications, 401 to other SAEs that
+        name an ended stream, 400 for an unknown ID."""
+        members = self.ended.get(str(ksid))
+        if members is None:
+            raise BadRequest("unknown Key_stream_ID", [{"Key_stream_ID": ksid}])
+        if caller not in members:
+            raise Unauthorized("the caller is not an application of this key stream")
+        return {"status": spec.STREAM_GONE, "Key_stream_ID": str(ksid), "message": "key stream closed"}
 
     # -- QoS ---------------------------------------------------------------------------------------------
     def path_capacity_bps(self, destination_node: str) -> float | None:
@@ -88,10 +114,9 @@ class KeyStreams:
 
     # -- OPEN_CONNECT ------------------------------------------------------------------------------------
     async def open_connect(self, caller: str, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise BadRequest("open_connect takes a JSON object")
+        body = read(body, spec.OPEN_CONNECT_FIELDS, "open_connect")
         source = sae_from_uri(body.get("source"))
-        destination = sae_from_uri(body.get("destination"))
+        destination = sae_from_uri(body.get("destination"), "destination")
         if source != caller:
             raise Unauthorized("source must be the calling SAE", [{"source": source}])
         self.kme.require_local_sae(caller)
@@ -106,7 +131,12 @@ class KeyStreams:
         existing = self.streams.get(ksid) if ksid else None
         if existing is not None:
             return await self._join(existing, caller, destination)
+        if ksid in self.ended:
+            return {"status": spec.STREAM_GONE, "Key_stream_ID": ksid, "message": "key stream closed"}
         qos = self._qos(body.get("QoS"))
+        offer = spec.counter_proposal(qos)
+        if offer is not None:
+            return {"status": QOS_NOT_MET, "Key_stream_ID": None, "QoS": offer}
         destination_node = self.kme.topology.saes[destination].node
         capacity = self.path_capacity_bps(destination_node)
         if capacity is None:
@@ -171,7 +201,9 @@ class KeyStreams:
         return {"ok": True}
 
     def peer_closed(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.streams.pop(str(body.get("Key_stream_ID")), None)
+        stream = self.streams.get(str(body.get("Key_stream_ID")))
+        if stream is not None:
+            self._end(stream)
         return {"ok": True}
 
     async def make_chunk(self, ksid: str, index: int) -> dict[str, Any]:
@@ -195,15 +227,16 @@ class KeyStreams:
     # -- GET_KEY -----------------------------------------------------------------------------------------
     async def get_key(self, caller: str, params: dict[str, Any]) -> dict[str, Any]:
         self.kme.require_local_sae(caller)
-        ksid = params.get("Key_stream_ID") or params.get("key_stream_id")
+        params = read(params, spec.GET_KEY_FIELDS, "get_key")
+        ksid = params.get("Key_stream_ID")
         stream = self.streams.get(str(ksid))
         if stream is None:
-            raise BadRequest("unknown Key_stream_ID", [{"Key_stream_ID": ksid}])
+            return self._ended_answer(caller, ksid)
         if caller not in (stream.source_sae, stream.destination_sae):
             raise Unauthorized("the caller is not an application of this key stream")
         if time.time() > stream.expires:
-            self.streams.pop(stream.id, None)
-            return {"status": TIMEOUT, "Key_stream_ID": stream.id, "message": "key stream TTL expired"}
+            self._end(stream)
+            return {"status": spec.STREAM_GONE, "Key_stream_ID": stream.id, "message": "key stream TTL expired"}
         if not stream.joined:
             return {"status": PEER_NOT_YET_CONNECTED, "Key_stream_ID": stream.id}
         try:
@@ -214,7 +247,7 @@ class KeyStreams:
         if index < 0 or index > max(stream.made, default=0) + 100_000:
             raise BadRequest("index out of range", [{"index": index}])
         key_id = chunk_key_id(stream.id, index)
-        deadline = time.monotonic() + min(MAX_WAIT_S, stream.qos["Timeout"] / 1000)
+        deadline = time.monotonic() + min(spec.MAX_TIMEOUT_MS, stream.qos["Timeout"]) / 1000
         while True:
             try:
                 if stream.owner_node == self.kme.id:
@@ -229,16 +262,17 @@ class KeyStreams:
                     raise BadRequest("the key stream is not open at the initiator's KME", [{"error": exc.body}]) \
                         from exc
                 if time.monotonic() >= deadline:
-                    return {"status": INSUFFICIENT_KEY, "Key_stream_ID": stream.id, "index": index}
+                    return self._timed_out(stream, index)
                 await asyncio.sleep(0.05)
             except (KeyUnavailable, aiohttp.ClientError):  # not enough key yet: wait up to the QoS Timeout
                 if time.monotonic() >= deadline:
-                    return {"status": INSUFFICIENT_KEY, "Key_stream_ID": stream.id, "index": index}
+                    return self._timed_out(stream, index)
                 await asyncio.sleep(0.05)
         metadata = {"index": index, "Key_stream_ID": stream.id, "mimetype": stream.qos["Metadata_mimetype"]}
-        if metadata_size is not None and metadata_size < len(str(metadata)):
+        metadata.update(self._route(stream, index))
+        if metadata_size is not None and metadata_size < spec.metadata_size(metadata):
             return {"status": METADATA_TOO_SMALL, "Key_stream_ID": stream.id, "index": index,
-                    "metadata_size_needed": len(str(metadata))}
+                    "metadata_size_needed": spec.metadata_size(metadata)}
         try:
             container = self.kme.dec_keys(caller, stream.source_sae, {"key_IDs": [{"key_ID": key_id}]})
         except (BadRequest, Unauthorized):
@@ -255,16 +289,28 @@ class KeyStreams:
             "Metadata": metadata,
         }
 
+    @staticmethod
+    def _timed_out(stream: KeyStream, index: int) -> dict[str, Any]:
+        return {"status": TIMEOUT, "Key_stream_ID": stream.id, "index": index,
+                "message": "no key for the chunk within the QoS Timeout"}
+
+    def _route(self, stream: KeyStream, index: int) -> dict[str, Any]:
+        """The route fields (hops, path) the chunk's Metadata will carry, read without handing the chunk out."""
+        with self.kme.store.transaction() as tx:
+            batch = tx.get_batches({chunk_batch_id(stream.id, index)}).get(chunk_batch_id(stream.id, index))
+        return dict(batch.extension or {}) if batch is not None else {}
+
     # -- CLOSE -------------------------------------------------------------------------------------------
     async def close(self, caller: str, body: Any) -> dict[str, Any]:
         self.kme.require_local_sae(caller)
-        ksid = body.get("Key_stream_ID") if isinstance(body, dict) else None
+        ksid = read(body, spec.CLOSE_FIELDS, "close").get("Key_stream_ID")
         stream = self.streams.get(str(ksid))
         if stream is None:
-            raise BadRequest("unknown Key_stream_ID", [{"Key_stream_ID": ksid}])
+            ended = self._ended_answer(caller, ksid)  # 400 unknown / 401 not an application
+            return {**ended, "status": SUCCESSFUL, "message": "already closed"}  # closing an ended stream: done
         if caller not in (stream.source_sae, stream.destination_sae):
             raise Unauthorized("the caller is not an application of this key stream")
-        self.streams.pop(stream.id, None)
+        self._end(stream)
         other_node = {
             self.kme.topology.saes[stream.source_sae].node, self.kme.topology.saes[stream.destination_sae].node
         } - {self.kme.id}

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import etsi014_spec as etsi014
 from .errors import BadRequest, KeyUnavailable, TwinError, Unauthorized
 from .keyids import derived_batch_id, key_ids, new_batch_id, split_key_id
 from .link import LinkRuntime
@@ -221,28 +222,28 @@ class KME:
 
     # -- ETSI 014: request validation --------------------------------------------------------------------
     def parse_key_request(self, body: Any, master_sae: str, slave_sae: str) -> KeyRequest:
-        if not isinstance(body, dict):
-            raise BadRequest("the key request must be a JSON object")
-        number = body.get("number", 1)
-        size = body.get("size", self.limits["key_size"])
+        try:
+            fields = etsi014.key_request_fields(body)
+        except etsi014.Etsi014Error as exc:
+            raise BadRequest(exc.message, exc.details) from None
+        number = 1 if fields.number is None else fields.number
+        size = self.limits["key_size"] if fields.size is None else fields.size
+        if _is_int(size) and size % 8:
+            raise BadRequest(etsi014.SIZE_NOT_MULTIPLE_OF_8, [{"size": size}])
+        unsupported = etsi014.unsupported_mandatory(fields.extension_mandatory, SUPPORTED_MANDATORY_EXTENSIONS)
+        if unsupported:
+            raise BadRequest(etsi014.EXTENSION_UNSUPPORTED, [{etsi014.EXTENSION_UNSUPPORTED_KEY: unsupported}])
         details: list[dict[str, Any]] = []
         if not _is_int(number) or not 1 <= number <= self.limits["max_key_per_request"]:
             details.append({"number": number, "reason": f"must be 1..{self.limits['max_key_per_request']}"})
         if not _is_int(size):
             details.append({"size": size, "reason": "must be an integer number of bits"})
-        elif size % 8:
-            details.append({"size": size, "reason": "must be a multiple of 8 bits"})
         elif not self.limits["min_key_size"] <= size <= self.limits["max_key_size"]:
             details.append(
                 {"size": size, "reason": f"must be {self.limits['min_key_size']}..{self.limits['max_key_size']} bits"}
             )
-        additional = body.get("additional_slave_SAE_IDs", [])
-        if "additional_slave_SAE_IDs" in body and additional == []:
-            details.append({"additional_slave_SAE_IDs": [], "reason": "omit it or name at least one SAE"})
-        elif not isinstance(additional, list) or not all(isinstance(s, str) for s in additional):
-            details.append({"additional_slave_SAE_IDs": additional, "reason": "must be a list of SAE IDs"})
-            additional = []
-        elif len(additional) > self.limits["max_SAE_ID_count"]:
+        additional = fields.additional_slave_SAE_IDs
+        if len(additional) > self.limits["max_SAE_ID_count"]:
             details.append(
                 {"additional_slave_SAE_IDs": additional, "reason": f"at most {self.limits['max_SAE_ID_count']}"}
             )
@@ -252,19 +253,6 @@ class KME:
                     details.append({"additional_slave_SAE_IDs": sae, "reason": "unknown SAE"})
             if len({slave_sae, *additional}) != len(additional) + 1 or master_sae in additional:
                 details.append({"additional_slave_SAE_IDs": additional, "reason": "duplicate or master SAE"})
-        additional = additional if isinstance(additional, list) else []
-        for field in ("extension_mandatory", "extension_optional"):
-            value = body.get(field, [])
-            if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
-                details.append({field: value, "reason": "must be a list of objects"})
-        unsupported = [
-            name
-            for ext in body.get("extension_mandatory", []) if isinstance(ext, dict)
-            for name in ext
-            if name not in SUPPORTED_MANDATORY_EXTENSIONS
-        ]
-        if unsupported:
-            details.append({"extension_mandatory_unsupported": unsupported})
         if details:
             raise BadRequest("invalid key request", details)
         return KeyRequest(number, size, list(additional))
@@ -419,7 +407,7 @@ class KME:
             if not_yours:
                 raise Unauthorized("key not issued for the calling SAE", not_yours)
             if not_found:
-                raise BadRequest("key not found", not_found)
+                raise BadRequest(etsi014.KEYS_NOT_FOUND, not_found)
             for _, batch_id, index in wanted:
                 batches[batch_id].mark_fetched(slave_sae, index)
             for batch_id, batch in batches.items():
