@@ -26,7 +26,8 @@ OUT = ROOT / "var" / "mutate"
 
 # module -> the tests that are about it (run once per mutant, stopping at the first failure)
 MODULES: dict[str, list[str]] = {
-    "tenants/scoping.py": ["tests/tenants/test_isolation.py", "tests/services/test_cross_tenant.py"],
+    "tenants/scoping.py": ["tests/tenants/test_isolation.py", "tests/tenants/test_scoping_edges.py",
+                           "tests/services/test_cross_tenant.py"],
     "tenants/tokens.py": ["tests/tenants/test_tokens.py", "tests/tenants/test_token_management.py",
                           "tests/services/test_token_lifecycle.py"],
     "services/keyids.py": ["tests/services/test_keyids.py", "tests/services/test_keyids_bounds.py"],
@@ -106,7 +107,37 @@ def run_module(module: str, tests: list[str], timeout: float) -> dict:
             "killed_share": round(100 * counts["killed"] / tested, 1) if tested else None, "survivors": survivors}
 
 
+def recheck(module: str) -> int:
+    """Apply each survivor of the last run of ``module`` (var/mutate/) to a private copy of the current tree and
+    run the module's tests against it: which survivors the tests written since then kill."""
+    result = json.loads((OUT / f"{module.replace('/', '.')}.json").read_text())
+    still = 0
+    for survivor in result["survivors"]:
+        title, _, diff = survivor.partition("\n")
+        diff = diff.split("--- mutation diff ---\n", 1)[-1].rstrip("\n") + "\n"
+        with tempfile.TemporaryDirectory(prefix="qxaas-recheck-") as tmp:
+            work = Path(tmp) / "src"
+            copy_tree(work)
+            before = (work / module).read_text()
+            subprocess.run(["patch", "-s", "-p1"], input=diff, text=True, cwd=work, check=True)
+            assert (work / module).read_text() != before, f"the mutant did not apply: {title}"
+            env = {k: v for k, v in os.environ.items() if k != "CI"}
+            env.update(PYTHONPATH=str(work), QXAAS_VAR_DIR=str(Path(tmp) / "var"))
+            run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                  *MODULES[module]], cwd=work, env=env, capture_output=True, text=True)
+        killed = run.returncode != 0
+        still += not killed
+        print(f"{'killed  ' if killed else 'SURVIVES'} {title}", flush=True)
+    tested = result["tested"]
+    print(f"{module}: after re-check {tested - still}/{tested} killed ({round(100 * (tested - still) / tested, 1)} %)")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--recheck"]:
+        for module in argv[1:]:
+            recheck(module)
+        return 0
     modules = argv or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:

@@ -6,12 +6,13 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
 from portal.errors import BadRequest
 from tenants import tokens
-from tenants.models import ApiToken, Role
+from tenants.models import ApiToken, Membership, Role
 
 NOW = timezone.now().replace(microsecond=654_321)
 
@@ -80,3 +81,14 @@ def test_last_used_is_rewritten_exactly_a_minute_after_the_last_write(team, froz
     ApiToken.objects.for_tenant(tenant).filter(pk=token.pk).update(last_used_at=NOW - timedelta(minutes=1))
     assert tokens.verify_token(secret).last_used_at == NOW
     assert ApiToken.objects.for_tenant(tenant).get(pk=token.pk).last_used_at == NOW
+
+
+def test_a_user_with_a_large_id_manages_their_own_token(team):
+    """Ids above CPython's small-int cache: identity (``is``) is not equality for them."""
+    tenant, _p = team
+    user = get_user_model().objects.create_user("big", "big@example.org", "pw-bigbig", id=10**6 + 7)
+    Membership.objects.create(tenant=tenant, user=user, role=Role.MEMBER)
+    token, _ = tokens.issue_token(user, tenant, "big", ["keys:read"])
+    token = ApiToken.objects.for_tenant(tenant).get(pk=token.pk)  # user_id and pk read back as separate ints
+    fresh_user = get_user_model().objects.get(pk=user.pk)
+    assert tokens.can_manage_token(fresh_user, token, Role.MEMBER)
