@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 
+from django.test import override_settings
+
 from services import keyids
 
 
@@ -33,3 +35,25 @@ def test_a_full_container_of_ids_round_trips_and_every_backend_id_unpacks():
     backend = [str(uuid.uuid4()) for _ in range(40)]
     packed = keyids.pack_backend_ids(",".join(backend))
     assert [keyids.backend_id(packed, i) for i in range(40)] == backend
+
+
+@override_settings(KEY_ID_SECRET="a fixed secret")
+def test_known_answers_keep_ids_already_handed_out_openable():
+    """Fixed vectors: a change of the permutation (rounds, round-function input, bit layout) would make every ID
+    a tenant holds unopenable, so its slave could no longer fetch keys its master was charged for."""
+    known = {
+        (123456789, 7): "3ea03005-a682-82fd-82d2-e5023d403831",
+        (123456789, 8): "d984a95c-6af5-8b3f-8b42-9431b6b7af02",
+        (keyids.MAX_BATCH, 2**32 - 1): "4c3b377a-2eef-8840-9fb4-04a30c0c6d98",
+    }
+    assert keyids.seal(123456789, 2, first=7) == [known[(123456789, 7)], known[(123456789, 8)]]
+    assert keyids.seal(keyids.MAX_BATCH, 1, first=2**32 - 1) == [known[(keyids.MAX_BATCH, 2**32 - 1)]]
+    assert keyids.open_ids(list(known.values())) == list(known)
+
+
+@override_settings(KEY_ID_SECRET="a fixed secret")
+def test_an_id_with_another_version_digit_does_not_open():
+    key_id = keyids.seal(123456789, 1)[0]
+    assert key_id[14] == "8"  # UUIDv8
+    for digit in "9acf":
+        assert keyids.open_ids([key_id[:14] + digit + key_id[15:]]) == [None], digit
