@@ -31,7 +31,7 @@ MODULES: dict[str, list[str]] = {
     "tenants/tokens.py": ["tests/tenants/test_tokens.py", "tests/tenants/test_token_management.py",
                           "tests/services/test_token_lifecycle.py"],
     "services/keyids.py": ["tests/services/test_keyids.py", "tests/services/test_keyids_bounds.py"],
-    "services/orders.py": ["tests/services/test_orders.py"],
+    "services/orders.py": ["tests/services/test_orders.py", "tests/services/test_orders_edges.py"],
     "tenants/quota.py": ["tests/tenants/test_quota.py"],
     "tenants/tenancy.py": ["tests/tenants/test_isolation.py", "tests/tenants/test_api.py"],
     "services/authentication.py": ["tests/services/test_header_trust.py", "tests/services/test_mtls.py"],

@@ -1,0 +1,51 @@
+"""Service-order edges found untested by `make mutate` on services/orders.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from services import orders
+from services.models import KeyStream
+from tests.services.test_orders import duration_rows, place_stream, saes, tenant  # noqa: F401 - fixtures
+
+State = KeyStream.State
+
+
+def test_advance_sets_the_other_fields_on_the_order_in_memory_too(tenant, saes):  # noqa: F811
+    stream = place_stream(tenant, saes)
+    later = timezone.now() + timedelta(hours=1)
+    assert orders.advance(stream, State.CONNECTED, expected=(State.OPENED,), expires_at=later, reason="joined")
+    assert (stream.expires_at, stream.reason) == (later, "joined")  # without a refresh
+    stored = KeyStream.objects.for_tenant(tenant).get(pk=stream.pk)
+    assert (stored.expires_at, stored.reason) == (later, "joined")
+
+
+def test_a_type_registered_without_expire_is_finished_as_expired(tenant, saes, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(orders, "_TYPES", {})
+    orders.register(KeyStream)  # no expire hook: the default
+    stream = place_stream(tenant, saes)
+    KeyStream.objects.for_tenant(tenant).filter(pk=stream.pk).update(expires_at=timezone.now() - timedelta(1))
+    assert orders.expire_due() == 1
+    stream.refresh_from_db()
+    assert (stream.state, stream.reason) == ("expired", "expired") and stream.closed_at is not None
+
+
+def test_maintain_all_runs_each_types_own_maintenance(monkeypatch):
+    ran = []
+    monkeypatch.setattr(orders, "_TYPES", {})
+    orders.register(KeyStream, maintain=lambda: ran.append("key_stream") or 7)
+    assert orders.maintain_all()["key_stream"] == 7 and ran == ["key_stream"]
+
+
+def test_metering_up_to_a_time_before_the_watermark_writes_nothing_and_keeps_the_watermark(tenant, saes):  # noqa: F811
+    stream = place_stream(tenant, saes)
+    orders.advance(stream, State.CONNECTED, expected=(State.OPENED,))
+    watermark = timezone.now().replace(microsecond=0)
+    KeyStream.objects.for_tenant(tenant).filter(pk=stream.pk).update(
+        activated_at=watermark - timedelta(hours=2), metered_until=watermark)
+    assert orders.meter_duration(stream, until=watermark - timedelta(minutes=30)) == 0
+    assert orders.meter_duration(stream, until=watermark) == 0
+    assert KeyStream.objects.for_tenant(tenant).get(pk=stream.pk).metered_until == watermark
+    assert duration_rows(stream) == []
