@@ -55,5 +55,9 @@ def test_known_answers_keep_ids_already_handed_out_openable():
 def test_an_id_with_another_version_digit_does_not_open():
     key_id = keyids.seal(123456789, 1)[0]
     assert key_id[14] == "8"  # UUIDv8
-    for digit in "9acf":
+    for digit in "04679acf":
         assert keyids.open_ids([key_id[:14] + digit + key_id[15:]]) == [None], digit
+    # nor one whose variant is not RFC 9562's (the first hex digit of the fourth group: 8-b)
+    assert key_id[19] in "89ab"
+    for digit in "0357cdef":
+        assert keyids.open_ids([key_id[:19] + digit + key_id[20:]]) == [None], digit

@@ -32,7 +32,7 @@ def test_a_type_registered_without_expire_is_finished_as_expired(tenant, saes, m
     assert (stream.state, stream.reason) == ("expired", "expired") and stream.closed_at is not None
 
 
-def test_maintain_all_runs_each_types_own_maintenance(monkeypatch):
+def test_maintain_all_runs_each_types_own_maintenance(db, monkeypatch):
     ran = []
     monkeypatch.setattr(orders, "_TYPES", {})
     orders.register(KeyStream, maintain=lambda: ran.append("key_stream") or 7)
@@ -49,3 +49,28 @@ def test_metering_up_to_a_time_before_the_watermark_writes_nothing_and_keeps_the
     assert orders.meter_duration(stream, until=watermark) == 0
     assert KeyStream.objects.for_tenant(tenant).get(pk=stream.pk).metered_until == watermark
     assert duration_rows(stream) == []
+
+
+def test_one_types_failing_maintenance_does_not_stop_the_others(db, monkeypatch, caplog):
+    monkeypatch.setattr(orders, "_TYPES", {})
+
+    def broken():
+        raise RuntimeError("backend gone")
+
+    orders.register(KeyStream, maintain=broken)
+    out = orders.maintain_all()  # does not raise: logged, retried on the next run
+    assert "key_stream" not in out and out["expired"] == 0 and out["metered_seconds"] == 0
+    assert "maintaining key_stream failed" in caplog.text
+
+
+def test_an_order_never_activated_meters_nothing(tenant, saes):  # noqa: F811
+    stream = place_stream(tenant, saes)
+    assert orders.meter_duration(stream) == 0 and duration_rows(stream) == []
+
+
+def test_a_reversed_span_has_no_pieces_and_a_long_reason_is_cut_at_2000_characters(tenant, saes):  # noqa: F811
+    now = timezone.now()
+    assert orders.duration_pieces(now, now - timedelta(hours=2)) == []
+    stream = place_stream(tenant, saes)
+    assert orders.finish(stream, "failed", "x" * 5000)
+    assert len(stream.reason) == 2000 and len(KeyStream.objects.for_tenant(tenant).get(pk=stream.pk).reason) == 2000
