@@ -74,3 +74,24 @@ def test_a_reversed_span_has_no_pieces_and_a_long_reason_is_cut_at_2000_characte
     stream = place_stream(tenant, saes)
     assert orders.finish(stream, "failed", "x" * 5000)
     assert len(stream.reason) == 2000 and len(KeyStream.objects.for_tenant(tenant).get(pk=stream.pk).reason) == 2000
+
+
+def test_a_type_without_maintenance_does_not_stop_the_next_ones(db, monkeypatch):
+    monkeypatch.setattr(orders, "_TYPES", {
+        "first": orders.OrderType(KeyStream, lambda order: False, None),
+        "second": orders.OrderType(KeyStream, lambda order: False, lambda: 7),
+    })
+    assert orders.maintain_all()["key_stream"] == 7
+
+
+def test_a_failing_expiry_does_not_stop_metering_or_maintenance(tenant, saes, monkeypatch, caplog):  # noqa: F811
+    def broken(order):
+        raise RuntimeError("backend gone")
+
+    monkeypatch.setattr(orders, "_TYPES", {})
+    orders.register(KeyStream, expire=broken, maintain=lambda: 7)
+    stream = place_stream(tenant, saes)
+    KeyStream.objects.for_tenant(tenant).filter(pk=stream.pk).update(expires_at=timezone.now() - timedelta(1))
+    out = orders.maintain_all()
+    assert "expired" not in out and out["metered_seconds"] == 0 and out["key_stream"] == 7
+    assert "service orders: expired failed" in caplog.text
