@@ -95,3 +95,31 @@ def test_a_failing_expiry_does_not_stop_metering_or_maintenance(tenant, saes, mo
     out = orders.maintain_all()
     assert "expired" not in out and out["metered_seconds"] == 0 and out["key_stream"] == 7
     assert "service orders: expired failed" in caplog.text
+
+
+def test_place_names_the_order_in_the_ledger_by_default(tenant, saes):  # noqa: F811
+    from tenants.models import UsageRecord
+
+    stream = place_stream(tenant, saes)
+    row = UsageRecord.objects.for_tenant(tenant).get(order_id=stream.uuid)
+    assert row.reference == f"key_stream:{stream.uuid}"
+
+
+def test_hourly_metering_skips_types_without_a_duration_meter_returns_the_seconds_and_stops_at_the_hour(
+        tenant, saes, monkeypatch):  # noqa: F811
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(orders, "_TYPES", {
+        "unmetered": orders.OrderType(SimpleNamespace(duration_meter=None, order_kind="unmetered"),
+                                      lambda order: False, None),
+        "key_stream": orders.OrderType(KeyStream, lambda order: False, None),
+    })
+    stream = place_stream(tenant, saes)
+    orders.advance(stream, State.CONNECTED, expected=(State.OPENED,))
+    now = timezone.now()
+    last_hour = now.replace(minute=0, second=0, microsecond=0)
+    activated = last_hour - timedelta(hours=2, minutes=10)
+    KeyStream.objects.for_tenant(tenant).filter(pk=stream.pk).update(activated_at=activated, metered_until=None)
+    written = orders.meter_durations(now)
+    assert written == sum(r.quantity for r in duration_rows(stream)) == 2 * 3600 + 600
+    assert KeyStream.objects.for_tenant(tenant).get(pk=stream.pk).metered_until == last_hour  # exactly the hour
