@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PORT ?= 8000
 
-.PHONY: run test venv lint bench clean
+.PHONY: run test venv lint bench mutate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: venv
 
 bench: venv
 	bash scripts/bench.sh
+
+## Mutation testing of the security- and money-critical modules (slow; MODULES="tenants/tokens.py ..." for some).
+mutate: venv
+	$(PY) -m pip install -q -e '.[test,mutate]'
+	$(PY) scripts/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -253,3 +253,20 @@ def make_entropy_lab(make_tenant, member, client_for):
         return EntropyLab(tenant, owner, client_for(owner, tenant, scopes or ["entropy:read"]))
 
     return make
+
+
+# -- the real twin's QRNG (not a stand-in): its entropy endpoint over mutual TLS ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def qrng_twin(tmp_path_factory):
+    """The real network twin (``python -m services.sdqkd.twin``), for its ``/api/v1/entropy`` over mTLS; yields
+    the same keys as ``mtls_twin`` (url of node CAIT, ca, client_cert, client_key) plus ``state_dir``, so the
+    portal's default path can find it through its ``endpoints.json``."""
+    from tests.twin.conftest import start_twin
+
+    twin = start_twin(tmp_path_factory.mktemp("qrng-twin") / "state", "madqci")
+    cert, key = twin.portal_cert
+    yield {"url": twin.url("CAIT"), "ca": twin.ca, "client_cert": cert, "client_key": key,
+           "state_dir": str(twin.state_dir), "twin": twin}
+    twin.stop()

@@ -351,13 +351,13 @@ def test_a_fallback_source_serves_only_when_the_active_one_cannot(lab, use_sourc
 # -- the default source: the twin's simulated QRNG -------------------------------------------------------------
 
 
-def test_the_default_source_is_the_twins_qrng_labelled_simulated(lab, use_sources, settings, tmp_path, mtls_twin):
+def test_the_default_source_is_the_twins_qrng_labelled_simulated(lab, use_sources, settings, tmp_path, qrng_twin):
     state = tmp_path / "twin"
     state.mkdir()
     (state / "endpoints.json").write_text(json.dumps({
-        "insecure": False, "ca": mtls_twin["ca"],
-        "nodes": {"CAIT": {"url": mtls_twin["url"], "local": True}},
-        "portal": {"cert": mtls_twin["client_cert"], "key": mtls_twin["client_key"]},
+        "insecure": False, "ca": qrng_twin["ca"],
+        "nodes": {"CAIT": {"url": qrng_twin["url"], "local": True}},
+        "portal": {"cert": qrng_twin["client_cert"], "key": qrng_twin["client_key"]},
     }))
     settings.QRNG_SOURCES = ""
     settings.QKD_TWIN_STATE_DIR = str(state)

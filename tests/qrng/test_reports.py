@@ -143,14 +143,14 @@ def test_entropy_page_labels_the_twin_simulated_and_shows_alarms(lab, use_source
 
 
 @pytest.mark.django_db
-def test_entropy_page_labels_the_twin_source_simulated(lab, use_sources, settings, tmp_path, mtls_twin):
+def test_entropy_page_labels_the_twin_source_simulated(lab, use_sources, settings, tmp_path, qrng_twin):
     from django.test import Client
 
     state = tmp_path / "twin"
     state.mkdir()
     (state / "endpoints.json").write_text(json.dumps({
-        "ca": mtls_twin["ca"], "nodes": {"CAIT": {"url": mtls_twin["url"]}},
-        "portal": {"cert": mtls_twin["client_cert"], "key": mtls_twin["client_key"]},
+        "ca": qrng_twin["ca"], "nodes": {"CAIT": {"url": qrng_twin["url"]}},
+        "portal": {"cert": qrng_twin["client_cert"], "key": qrng_twin["client_key"]},
     }))
     settings.QRNG_SOURCES = ""
     settings.QKD_TWIN_STATE_DIR = str(state)

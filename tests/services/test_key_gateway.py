@@ -166,29 +166,32 @@ def test_the_forwarder_keeps_repeated_headers_and_drops_the_clients_vouching_hea
     assert seen["body"] == b"x=1"
 
 
-def test_kme_limits_survive_a_failed_refresh_and_a_dead_kme_is_not_asked_again_at_once(monkeypatch):
-    from services.sdqkd.client import KmeUnavailable
-
-    node = QkdNode(pk=999, node_id="X", kme_url="https://127.0.0.1:1", backend_sae_ids=["a", "b"])
-    calls = []
-
-    class Kme:
-        def status(self, slave, acting_as=None):
-            calls.append(slave)
-            if len(calls) > 1:
-                raise KmeUnavailable("down")
-            return {"max_key_per_request": 7}
-
-    monkeypatch.setattr(registry, "client_for", lambda _node: Kme())
+def test_kme_limits_survive_a_failed_refresh_and_a_dead_kme_is_not_asked_again_at_once(db, twin_factory, settings,
+                                                                                          monkeypatch):
+    """Against a real twin that this test stops (not a stand-in KME); the status calls are counted by wrapping
+    the real client factory."""
+    twin = twin_factory("madqci", time_scale=50.0)  # our own backend, which this test may stop
+    settings.QKD_AUTO_REGISTER_TWIN = False
+    registry.register_twin(twin.endpoints)
     registry.forget_status_cache()
+    node = QkdNode.objects.get(node_id="CAIT")
+    calls = []
+    real_client_for = registry.client_for
+
+    def counting_client_for(qkd_node):
+        calls.append(qkd_node.node_id)
+        return real_client_for(qkd_node)
+
+    monkeypatch.setattr(registry, "client_for", counting_client_for)
     try:
-        assert registry.link_status(node, "a", "b")["max_key_per_request"] == 7
+        limits = registry.link_status(node, "sae-cait-1", "sae-rectorado-1")
+        assert limits["max_key_per_request"] > 0 and calls == ["CAIT"]
+        twin.stop()
         monkeypatch.setattr(registry, "STATUS_TTL_S", 0.0)  # every entry stale from now on
-        assert registry.link_status(node, "a", "b")["max_key_per_request"] == 7  # refresh failed: the last limits
-        assert registry.link_status(node, "a", "b")["max_key_per_request"] == 7
-        assert len(calls) == 2  # the third look-up did not ask the KME that failed moments ago
-        other = QkdNode(pk=998, node_id="Y", kme_url="https://127.0.0.1:1", backend_sae_ids=["c"])
-        with pytest.raises(ServiceUnavailable):  # no limits on record and the KME is down
-            registry.link_status(other, "c", "d")
+        assert registry.link_status(node, "sae-cait-1", "sae-rectorado-1") == limits  # refresh failed: last limits
+        assert registry.link_status(node, "sae-cait-1", "sae-rectorado-1") == limits
+        assert calls == ["CAIT", "CAIT"]  # the third look-up did not ask the KME that failed moments ago
+        with pytest.raises(ServiceUnavailable, match="CAIT"):  # no limits on record for this pair and the KME is down
+            registry.link_status(node, "sae-cait-1", "sae-ccs-1")
     finally:
         registry.forget_status_cache()

@@ -72,7 +72,10 @@ def test_retired_and_foreign_certificates_are_refused(https_portal, make_lab, tm
     result = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "--cert",
                              twin_cert, "--key", twin_key, f"{https_portal}/api/v1/keys/upm-rect/status"],
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode != 0 or result.stdout == "401"
+    # The TLS layer refuses a certificate of another CA: the connection ends with no HTTP response at all (curl 35
+    # handshake failed, 52 empty reply or 56 receive failure, depending on when TLS 1.3 delivers the alert), never
+    # an answer; a connection refused (7) or a timeout (28) would be the listener's failure, not a refusal.
+    assert result.returncode in (35, 52, 56) and result.stdout == "000", (result.returncode, result.stderr)
 
 
 def twin_portal_certificate() -> tuple[str, str]:
@@ -156,4 +159,5 @@ def test_the_operator_can_give_the_gateway_its_own_server_certificate(transactio
         portal_ca.write_text(lab.bundles["upm-cait"]["ca_chain"])
         result = subprocess.run(["curl", "-sS", "--cacert", str(portal_ca), f"{base}/api/v1/keys/upm-rect/status"],
                                 capture_output=True, text=True, timeout=30)
-        assert result.returncode != 0  # the portal CA no longer vouches for the listener: the operator's does
+        # the portal CA no longer vouches for the listener (the operator's does): curl's 60, peer not verified
+        assert result.returncode == 60, (result.returncode, result.stderr)

@@ -98,7 +98,7 @@ def test_api_scope_enforcement(two_tenants, client_for):
     assert reader.get("/api/quotas/").status_code == 200
 
 
-def test_revoked_or_expired_token_gets_401_through_the_api(two_tenants):
+def test_revoked_or_expired_token_gets_401_through_the_api(two_tenants, client_for):
     client = two_tenants["ca"]
     assert client.get("/api/me/").status_code == 200
     token = tokens.verify_token(client.token_secret)
@@ -107,6 +107,15 @@ def test_revoked_or_expired_token_gets_401_through_the_api(two_tenants):
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith("Bearer")
     assert response.json()["error"]["code"] == "authentication_failed"
+    # expired (not revoked): the same 401
+    expiring = client_for(two_tenants["ua"], two_tenants["a"], ["billing:read"])
+    assert expiring.get("/api/me/").status_code == 200
+    ApiToken.objects.for_tenant(two_tenants["a"]).filter(pk=tokens.verify_token(expiring.token_secret).pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1))
+    response = expiring.get("/api/me/")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "authentication_failed"
+    assert ApiToken.objects.for_tenant(two_tenants["a"]).get(name="test", revoked_at__isnull=True,
+                                                           expires_at__isnull=False)  # expired, not revoked
 
 
 def test_token_of_a_removed_member_stops_working(two_tenants):
