@@ -12,6 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from portal.errors import BadRequest, Forbidden
+from portal.middleware import has_totp
 
 from .models import MANAGING_ROLES, ApiToken, Membership, Role, Scope, Tenant
 
@@ -41,11 +42,14 @@ def hash_secret(secret: str, pepper_id: int) -> str:
 
 
 def allowed_scopes(user, tenant: Tenant) -> set[str]:
-    """Scopes a user may put on a token for ``tenant``: those of the role, plus ``operator`` for staff."""
+    """Scopes a user may put on a token for ``tenant``: those of the role, plus ``operator`` for staff who
+    enrolled TOTP (a stolen staff password alone must not mint an operator token)."""
     membership = Membership.objects.for_tenant(tenant).filter(user=user).first()
     scopes = set(ROLE_SCOPES[membership.role]) if membership else set()
     if user.is_staff:
-        scopes |= set(ROLE_SCOPES[Role.OWNER]) | {Scope.OPERATOR.value}
+        scopes |= set(ROLE_SCOPES[Role.OWNER])
+        if has_totp(user):
+            scopes.add(Scope.OPERATOR.value)
     return scopes
 
 

@@ -98,6 +98,9 @@ def test_local_token_bucket_refills():
 @pytest.fixture
 def operator_client(make_user, make_tenant, client_for):
     op = make_user("ops", staff=True)
+    from allauth.mfa.models import Authenticator
+
+    Authenticator.objects.create(user=op, type=Authenticator.Type.TOTP, data={"secret": "x"})  # operators enrol
     home = make_tenant("ops-home")
     Membership.objects.create(tenant=home, user=op, role=Role.OWNER)
     return client_for(op, home, scopes=["operator", "billing:read"])

@@ -1,0 +1,52 @@
+"""Security hardening (issue 13): each test names the finding it guards."""
+
+from __future__ import annotations
+
+import pytest
+from allauth.mfa.models import Authenticator
+from django.test import Client
+from rest_framework.test import APIClient
+
+from portal.errors import Forbidden
+from tenants.models import ApiToken, Membership, Role
+from tenants.tokens import issue_token
+
+
+def enrol_totp(user) -> None:
+    Authenticator.objects.create(user=user, type=Authenticator.Type.TOTP, data={"secret": "x"})
+
+
+# --- 1. staff must enrol TOTP for the API too ------------------------------------------------------------------
+
+def test_staff_session_without_totp_cannot_use_the_api(two_tenants, make_user):
+    staff = make_user("root", staff=True)
+    browser = Client()
+    browser.force_login(staff)  # signed in with a password only
+    response = browser.get("/api/tenants/")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "mfa_required"
+    response = browser.post("/api/tokens/", {"name": "x", "scopes": ["operator"]}, content_type="application/json",
+                            headers={"X-Tenant": "alpha"})
+    assert response.status_code == 403 and response.json()["error"]["code"] == "mfa_required"
+    assert not ApiToken.objects.unscoped().filter(user=staff).exists()
+    enrol_totp(staff)
+    assert browser.get("/api/tenants/").status_code == 200
+
+
+def test_operator_scope_needs_a_staff_user_with_totp(two_tenants, make_user):
+    staff = make_user("root", staff=True)
+    with pytest.raises(Forbidden):
+        issue_token(staff, two_tenants["a"], "ops", ["operator"])
+    enrol_totp(staff)
+    token, _ = issue_token(staff, two_tenants["a"], "ops", ["operator"])
+    assert token.scopes == ["operator"]
+
+
+def test_staff_token_requests_are_not_gated_by_the_session_rule(make_user, make_tenant):
+    staff = make_user("root", staff=True)
+    home = make_tenant("home")
+    Membership.objects.create(tenant=home, user=staff, role=Role.OWNER)
+    _, secret = issue_token(staff, home, "ci", ["billing:read"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert client.get("/api/quotas/").status_code == 200
