@@ -54,9 +54,15 @@ def allowed_scopes(user, tenant: Tenant) -> set[str]:
 
 
 def issue_token(
-    user, tenant: Tenant, name: str, scopes: list[str], expires_at: datetime | None = None
+    user, tenant: Tenant, name: str, scopes: list[str], expires_at: datetime | None = None,
+    *, granted_by: ApiToken | None = None, granter_scopes: frozenset[str] | set[str] | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token and return it with its plaintext, which is never stored and cannot be shown again."""
+    """Create a token and return it with its plaintext, which is never stored and cannot be shown again.
+
+    ``granted_by``: the token the request that asks for this one was authenticated with (None for a signed-in
+    session). A token can only hand on scopes it holds itself (``granter_scopes``: its effective scopes, by
+    default its own list), and never ``operator``: operator tokens come from a session with TOTP.
+    """
     unknown = sorted(set(scopes) - {s.value for s in Scope})
     if unknown:
         raise BadRequest(f"unknown scopes: {', '.join(unknown)}", details={"scopes": [s.value for s in Scope]})
@@ -65,6 +71,14 @@ def issue_token(
     denied = sorted(set(scopes) - allowed_scopes(user, tenant))
     if denied:
         raise Forbidden(f"your role in {tenant.slug!r} cannot grant: {', '.join(denied)}")
+    if granted_by is not None:
+        if Scope.OPERATOR in scopes:
+            raise Forbidden("a token cannot create operator tokens; sign in (with TOTP) to create one")
+        held = set(granter_scopes if granter_scopes is not None else granted_by.scopes)
+        beyond = sorted(set(scopes) - held)
+        if beyond:
+            raise Forbidden(f"a token can only grant scopes it holds itself; this one lacks: {', '.join(beyond)}",
+                            details={"not_held": beyond})
     if expires_at is not None and expires_at <= timezone.now():
         raise BadRequest("expires_at must be in the future")
     key = secrets.token_hex(6)

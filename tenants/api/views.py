@@ -261,7 +261,8 @@ class ApiTokenViewSet(
         serializer = ApiTokenSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         d = serializer.validated_data
-        token, plaintext = tokens.issue_token(request.user, self.tenant, d["name"], d["scopes"], d.get("expires_at"))
+        token, plaintext = tokens.issue_token(request.user, self.tenant, d["name"], d["scopes"], d.get("expires_at"),
+                                              granted_by=self.token, granter_scopes=self.tenant_context.scopes)
         data = ApiTokenCreatedSerializer(token).data
         data["token"] = plaintext
         return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})

@@ -50,3 +50,26 @@ def test_staff_token_requests_are_not_gated_by_the_session_rule(make_user, make_
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.get("/api/quotas/").status_code == 200
+
+
+# --- 2. a token cannot mint a token with more scopes than it holds ----------------------------------------------
+
+def test_a_token_creates_only_tokens_within_its_own_scopes(two_tenants, client_for):
+    admin_only = client_for(two_tenants["ua"], two_tenants["a"], ["tenant:admin"])
+    response = admin_only.post("/api/tokens/", {"name": "x", "scopes": ["keys:write", "entropy:read"]}, format="json")
+    assert response.status_code == 403, response.content
+    assert "keys:write" in response.json()["error"]["message"]
+    assert admin_only.post("/api/tokens/", {"name": "x", "scopes": ["tenant:admin"]},
+                           format="json").status_code == 201
+    assert [t.scopes for t in ApiToken.objects.for_tenant(two_tenants["a"]).filter(name="x")] == [["tenant:admin"]]
+
+
+def test_no_token_grants_operator_through_the_api(make_user, make_tenant, client_for):
+    staff = make_user("root", staff=True)
+    enrol_totp(staff)
+    home = make_tenant("home")
+    Membership.objects.create(tenant=home, user=staff, role=Role.OWNER)
+    ops = client_for(staff, home, ["operator", "tenant:admin"])
+    response = ops.post("/api/tokens/", {"name": "y", "scopes": ["operator"]}, format="json")
+    assert response.status_code == 403, response.content
+    assert not ApiToken.objects.for_tenant(home).filter(name="y").exists()
