@@ -7,6 +7,7 @@ from django.db import transaction
 from portal.errors import Conflict, Forbidden
 
 from .models import Membership, Plan, PlanQuota, Role, Tenant, TenantQuotaOverride
+from .tokens import narrow_tokens
 
 
 @transaction.atomic
@@ -65,6 +66,7 @@ def change_role(membership: Membership, role: str, acting_role: str | None) -> M
         raise Conflict("a tenant keeps at least one owner")
     membership.role = role
     membership.save(update_fields=["role"])
+    narrow_tokens(membership.tenant, membership.user, role)  # a demotion also cuts down the member's tokens
     return membership
 
 
@@ -76,3 +78,4 @@ def remove_member(membership: Membership, acting_role: str | None) -> None:
         if _owners(membership.tenant) <= 1:
             raise Conflict("a tenant keeps at least one owner")
     Membership.objects.for_tenant(membership.tenant_id).filter(pk=membership.pk).delete()
+    narrow_tokens(membership.tenant, membership.user, None)  # their tokens there are revoked (staff keep theirs)

@@ -10,7 +10,7 @@ from portal import logs
 from portal.errors import ApiError, BadRequest, Forbidden, NotFound
 
 from .models import ApiToken, Membership, Tenant
-from .tokens import ROLE_SCOPES
+from .tokens import ROLE_SCOPES, effective_scopes
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def resolve_tenant(request, slug: str | None = None) -> TenantContext:
         if membership is None and not user.is_staff:
             raise Forbidden("the token's user is no longer a member of its tenant")
         role = membership.role if membership else None
-        scopes = frozenset(token.scopes)
+        scopes = effective_scopes(token, role, user.is_staff)  # never more than the role allows today
     else:
         slug = (
             slug

@@ -45,12 +45,43 @@ def allowed_scopes(user, tenant: Tenant) -> set[str]:
     """Scopes a user may put on a token for ``tenant``: those of the role, plus ``operator`` for staff who
     enrolled TOTP (a stolen staff password alone must not mint an operator token)."""
     membership = Membership.objects.for_tenant(tenant).filter(user=user).first()
-    scopes = set(ROLE_SCOPES[membership.role]) if membership else set()
-    if user.is_staff:
-        scopes |= set(ROLE_SCOPES[Role.OWNER])
-        if has_totp(user):
-            scopes.add(Scope.OPERATOR.value)
+    scopes = set(role_scopes(membership.role if membership else None, user.is_staff))
+    if user.is_staff and not has_totp(user):
+        scopes.discard(Scope.OPERATOR.value)
     return scopes
+
+
+def role_scopes(role: str | None, is_staff: bool) -> frozenset[str]:
+    """The most a token of a user with ``role`` in a tenant (None: not a member) can do there. Staff keep the
+    owner's scopes and ``operator`` (which only staff with TOTP can put on a token in the first place)."""
+    scopes = set(ROLE_SCOPES[role]) if role else set()
+    if is_staff:
+        scopes |= ROLE_SCOPES[Role.OWNER] | {Scope.OPERATOR.value}
+    return frozenset(scopes)
+
+
+def effective_scopes(token: ApiToken, role: str | None, is_staff: bool) -> frozenset[str]:
+    """What ``token`` may do now: its scopes within its user's current role (a demotion takes effect at once,
+    without touching the token; ``narrow_tokens`` also rewrites the stored list)."""
+    return frozenset(token.scopes) & role_scopes(role, is_staff)
+
+
+def narrow_tokens(tenant: Tenant, user, role: str | None) -> tuple[int, int]:
+    """After ``user``'s role in ``tenant`` changed to ``role`` (None: removed), cut their live tokens there down
+    to the role's scopes; a token left with none is revoked. Returns (narrowed, revoked)."""
+    allowed = role_scopes(role, user.is_staff)
+    narrowed = revoked = 0
+    now = timezone.now()
+    live = ApiToken.objects.for_tenant(tenant).filter(user=user, revoked_at__isnull=True)
+    for token in live.select_for_update():
+        kept = sorted(set(token.scopes) & allowed)
+        if not kept:
+            live.filter(pk=token.pk).update(revoked_at=now)
+            revoked += 1
+        elif kept != sorted(token.scopes):
+            live.filter(pk=token.pk).update(scopes=kept)
+            narrowed += 1
+    return narrowed, revoked
 
 
 def issue_token(

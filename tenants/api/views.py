@@ -256,7 +256,7 @@ class ApiTokenViewSet(
         examples=[TOKEN_EXAMPLE],
     )
     def create(self, request):
-        if self.token is not None and "tenant:admin" not in self.token.scopes:
+        if self.token is not None and "tenant:admin" not in self.tenant_context.scopes:
             raise BadRequest("creating tokens with a token needs the 'tenant:admin' scope")
         serializer = ApiTokenSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

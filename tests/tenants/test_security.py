@@ -73,3 +73,32 @@ def test_no_token_grants_operator_through_the_api(make_user, make_tenant, client
     response = ops.post("/api/tokens/", {"name": "y", "scopes": ["operator"]}, format="json")
     assert response.status_code == 403, response.content
     assert not ApiToken.objects.for_tenant(home).filter(name="y").exists()
+
+
+# --- 3. a token's scopes never exceed its user's current role -----------------------------------------------------
+
+def test_effective_scopes_follow_the_current_role_on_every_request(two_tenants, member, client_for):
+    tenant = two_tenants["a"]
+    mike = member(tenant, "mike", Role.MEMBER)
+    client = client_for(mike, tenant, ["keys:read", "billing:read"])
+    assert client.get("/api/saes/").status_code == 200
+    Membership.objects.for_tenant(tenant).filter(user=mike).update(role=Role.VIEWER)  # behind the services' back
+    response = client.get("/api/saes/")
+    assert response.status_code == 403 and "keys:read" in response.json()["error"]["message"]
+    assert client.get("/api/quotas/").status_code == 200  # billing:read is still a viewer's
+
+
+def test_a_role_change_narrows_or_revokes_the_members_tokens(two_tenants, member, client_for):
+    tenant, owner = two_tenants["a"], two_tenants["ca"]
+    mike = member(tenant, "mike", Role.MEMBER)
+    client_for(mike, tenant, ["keys:write", "entropy:read", "billing:read"])
+    client_for(mike, tenant, ["keys:write"])
+    membership = Membership.objects.for_tenant(tenant).get(user=mike)
+    response = owner.patch(f"/api/members/{membership.pk}/", {"role": "viewer"}, format="json")
+    assert response.status_code == 200, response.content
+    held = {tuple(t.scopes): t.revoked_at for t in ApiToken.objects.for_tenant(tenant).filter(user=mike)}
+    assert set(held) == {("billing:read",), ("keys:write",)}
+    assert held[("billing:read",)] is None and held[("keys:write",)] is not None
+    response = owner.delete(f"/api/members/{membership.pk}/")
+    assert response.status_code == 204
+    assert not ApiToken.objects.for_tenant(tenant).filter(user=mike, revoked_at__isnull=True).exists()
