@@ -82,14 +82,16 @@ def ca_pem() -> str:
 
 
 def _issue(common_name: str, usage: x509.ObjectIdentifier, days: int,
-           san: list[x509.GeneralName] | None = None) -> IssuedCertificate:
+           san: list[x509.GeneralName] | None = None, unit: str | None = None) -> IssuedCertificate:
     ca_cert, ca_key = ca()
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "QXaaS")]
+    if unit:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "QXaaS"),
-                                 x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name([*subject, x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -104,9 +106,17 @@ def _issue(common_name: str, usage: x509.ObjectIdentifier, days: int,
     )
 
 
+CN_MAX = 64  # X.509 upper bound of a common name (RFC 5280 ub-common-name)
+
+
 def issue_sae_certificate(tenant_slug: str, sae_name: str) -> IssuedCertificate:
-    """A client certificate whose CN names the SAE (``<tenant>/<sae>``); the serial identifies it."""
-    return _issue(f"{tenant_slug}/{sae_name}", ExtendedKeyUsageOID.CLIENT_AUTH, SAE_CERT_DAYS)
+    """A client certificate whose CN names the SAE (``<tenant>/<sae>``, or the SAE's name alone when that would
+    not fit in 64 characters); the tenant is also the OU. Only the serial identifies it: the names are for
+    people reading the certificate."""
+    common_name = f"{tenant_slug}/{sae_name}"
+    if len(common_name) > CN_MAX:
+        common_name = sae_name
+    return _issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, SAE_CERT_DAYS, unit=tenant_slug[:CN_MAX])
 
 
 def server_certificate() -> tuple[Path, Path]:

@@ -3,6 +3,7 @@ a pair of them maps onto the SAE identities the portal holds at the backend KMEs
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -39,15 +40,35 @@ def _issue(sae: Sae) -> SaeBundle:
     return SaeBundle(sae, issued.cert_pem, issued.key_pem, pki.ca_pem())
 
 
+# An SAE ID travels in URLs (/api/v1/keys/<SAE_ID>/enc_keys), headers (X-SAE-ID) and a certificate's CN.
+SAE_NAME_MAX = 64
+SAE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+DESCRIPTION_MAX = 200
+
+
+def validate_sae_name(name: str) -> str:
+    """The SAE name, or ``BadRequest``: the one rule for the API and the web form."""
+    if not isinstance(name, str) or not SAE_NAME_RE.fullmatch(name) or len(name) > SAE_NAME_MAX:
+        raise BadRequest(
+            f"an SAE name is 1 to {SAE_NAME_MAX} letters, digits, '-' or '_', starting with a letter or digit",
+            details={"max_length": SAE_NAME_MAX, "pattern": SAE_NAME_RE.pattern},
+        )
+    return name
+
+
 def register_sae(tenant: Tenant, name: str, node_id: str, description: str = "",
                  with_certificate: bool = True) -> SaeBundle | Sae:
+    """Register an SAE (and issue its certificate in the same transaction: no SAE without its certificate)."""
+    validate_sae_name(name)
+    if len(description) > DESCRIPTION_MAX:
+        raise BadRequest(f"the description is at most {DESCRIPTION_MAX} characters")
     node = registry.node(node_id)
     try:
         with transaction.atomic():
             sae = Sae.objects.create(tenant=tenant, name=name, node=node, description=description)
+            return _issue(sae) if with_certificate else sae  # a failure here rolls the row back
     except IntegrityError:
         raise Conflict(f"an SAE called {name!r} already exists in this tenant") from None
-    return _issue(sae) if with_certificate else sae
 
 
 def reissue_certificate(sae: Sae) -> SaeBundle:
@@ -140,7 +161,7 @@ def default_sae(tenant: Tenant, node_id: str) -> Sae:
     sae = Sae.objects.for_tenant(tenant).filter(node=node).order_by("created_at").first()
     if sae is not None:
         return sae
-    name = f"node-{node.node_id.lower()}"
+    name = re.sub(r"[^a-z0-9_-]", "-", f"node-{node.node_id.lower()}")[:SAE_NAME_MAX]  # a valid SAE name
     existing = Sae.objects.for_tenant(tenant).filter(name=name).first()
     return existing or register_sae(tenant, name, node.node_id, "created for the simple REST API",
                                     with_certificate=False)

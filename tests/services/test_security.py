@@ -1,0 +1,49 @@
+"""Security hardening (issue 13) in the services app: each test names the finding it guards."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography import x509
+from django.test import Client
+
+from services import pki
+from services.models import Sae
+
+# --- 12. one SAE name validator for the web form and the API; the certificate in the row's transaction ----------
+
+BAD_NAMES = ["", "   ", "two words", "a/b", "<script>", "x" * 80, "-leading-dash", "ünï"]
+
+
+def test_the_web_form_refuses_the_names_the_api_refuses(make_lab):
+    lab = make_lab("upm")
+    browser = Client()
+    browser.force_login(lab.owner)
+    before = set(Sae.objects.for_tenant(lab.tenant).values_list("name", flat=True))
+    for name in BAD_NAMES:
+        response = browser.post("/services/", {"name": name, "node": "CCS"})
+        assert response.status_code == 200, name
+        assert "BEGIN CERTIFICATE" not in response.content.decode(), name
+        api = lab.client.post("/api/saes/", {"name": name, "node": "CCS"}, format="json")
+        assert api.status_code == 400, (name, api.content)
+        assert api.json()["error"]["code"] in ("invalid", "bad_request")
+    assert set(Sae.objects.for_tenant(lab.tenant).values_list("name", flat=True)) == before
+
+
+def test_the_longest_valid_name_gets_a_certificate(make_lab):
+    lab = make_lab("a-rather-long-tenant-slug-for-a-research-lab")
+    name = "s" * 64
+    bundle = lab.add_sae(name, "CCS")
+    cert = x509.load_pem_x509_certificate(bundle["certificate"].encode())
+    assert name in cert.subject.rfc4514_string()
+
+
+def test_a_failed_certificate_leaves_no_sae_behind(make_lab, monkeypatch):
+    lab = make_lab("upm")
+
+    def broken(*args, **kwargs):  # failure injection: the CA cannot sign (e.g. its key file is unreadable)
+        raise OSError("CA key unreadable")
+
+    monkeypatch.setattr(pki, "issue_sae_certificate", broken)
+    with pytest.raises(OSError):
+        lab.client.post("/api/saes/", {"name": "half-made", "node": "CCS"}, format="json")
+    assert not Sae.objects.for_tenant(lab.tenant).filter(name="half-made").exists()
