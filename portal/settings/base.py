@@ -6,6 +6,7 @@ Set ``DATABASE_URL`` / ``REDIS_URL`` to run on PostgreSQL and Redis (see README,
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from urllib.parse import unquote
@@ -19,7 +20,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
 VAR_DIR = Path(env.str("QXAAS_VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Secrets, the SQLite database, the CA and the twin's key stores live here: the owner's only, whatever the umask.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+os.chmod(VAR_DIR, 0o700)
 
 
 def _persistent_secret(name: str, nbytes: int = 48) -> str:
@@ -120,6 +123,9 @@ if _db["ENGINE"].endswith("postgresql"):
     if env.bool("DATABASE_SERVER_SIDE_BINDING", default=True):
         _db.setdefault("OPTIONS", {}).update({"server_side_binding": True, "prepare_threshold": 5})
 elif _db["ENGINE"].endswith("sqlite3"):
+    if _db["NAME"] and _db["NAME"] != ":memory:":  # create it 0600 before SQLite does with its default 0644
+        os.close(os.open(_db["NAME"], os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(_db["NAME"], 0o600)
     # IMMEDIATE write transactions serialise writers, which is what keeps quota checks exact on SQLite.
     _db.setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from cryptography import x509
 from django.test import Client
@@ -47,3 +53,43 @@ def test_a_failed_certificate_leaves_no_sae_behind(make_lab, monkeypatch):
     with pytest.raises(OSError):
         lab.client.post("/api/saes/", {"name": "half-made", "node": "CCS"}, format="json")
     assert not Sae.objects.for_tenant(lab.tenant).filter(name="half-made").exists()
+
+
+# --- 5. state directories 0700, databases and key stores 0600, whatever the umask -----------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_twins_key_store_is_private_whatever_the_umask(tmp_path):
+    from services.sdqkd.twin.store import NodeStore
+
+    old = os.umask(0o022)
+    try:
+        store = NodeStore(tmp_path / "twin" / "nodes" / "CAIT" / "store.sqlite", "CAIT")
+        with store.transaction():
+            pass
+        store.close()
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "twin" / "nodes" / "CAIT" / "store.sqlite") == 0o600
+    for directory in (tmp_path / "twin", tmp_path / "twin" / "nodes", tmp_path / "twin" / "nodes" / "CAIT"):
+        assert _mode(directory) == 0o700, directory
+    for extra in (tmp_path / "twin" / "nodes" / "CAIT").iterdir():  # WAL and shared-memory files
+        assert _mode(extra) & 0o077 == 0, extra
+
+
+def test_the_portals_sqlite_database_and_var_dir_are_private(tmp_path):
+    var = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(QXAAS_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="portal.settings.base")
+    code = "import django; django.setup(); from django.db import connection; connection.ensure_connection()"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120,
+                   preexec_fn=lambda: os.umask(0o022))
+    assert _mode(var) == 0o700
+    assert _mode(var / "qxaas.sqlite3") == 0o600
+    for name in ("secret_key", "token_pepper"):
+        assert _mode(var / name) == 0o600

@@ -26,6 +26,7 @@ from services.sdqkd.physics.attacks import AttackConfig
 
 from .errors import BadRequest, TwinError
 from .etsi004 import KeyStreams
+from .files import private_dir
 from .kme import KME, PeerError
 from .link import LinkRuntime
 from .parties import PartyPool
@@ -141,7 +142,7 @@ class Twin:
 
     async def start(self) -> None:
         self.started_at = time.monotonic()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.pki = TwinPKI(self.state_dir / "pki")
         self.pki.portal_client()
         for sae in self.topology.saes.values():

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .files import private_dir, private_file
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS link_blocks (
     link_id   TEXT NOT NULL,
@@ -273,7 +275,8 @@ class NodeStore:
     def __init__(self, path: Path, node_id: str):
         self.path = path
         self.node_id = node_id
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Key material lives here: 0700 directories, a 0600 file (SQLite gives its WAL files the same mode).
+        private_file(private_dir(path.parent) / path.name)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: every commit survives a process crash; only an OS crash may lose the last ones.
