@@ -6,9 +6,12 @@ an SAE's private key is generated, handed out once in its bundle, and forgotten.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,29 +51,48 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+@contextmanager
+def _creating() -> Iterator[None]:
+    """Held while the CA is created: a thread lock for this process and a file lock across processes (the web
+    server's workers, Celery and ``make run``'s set-up may all start on a fresh machine at once)."""
+    with _lock, open(pki_dir() / ".ca.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _create_ca(cert_path: Path, key_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "QXaaS"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "QXaaS portal CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False),
+                       critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    tmp = cert_path.with_suffix(".tmp")
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, cert_path)  # last and atomic: once the certificate exists, the key beside it is complete
+
+
 def ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """The portal CA, created on first use."""
+    """The portal CA, created on first use, once across threads and processes."""
     d = pki_dir()
     cert_path, key_path = d / "ca.crt", d / "ca.key"
-    with _lock:
-        if not cert_path.exists():
-            key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "QXaaS"),
-                              x509.NameAttribute(NameOID.COMMON_NAME, "QXaaS portal CA")])
-            now = dt.datetime.now(dt.UTC)
-            cert = (
-                x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                             content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                             key_agreement=False, encipher_only=False, decipher_only=False),
-                               critical=True)
-                .sign(key, hashes.SHA256())
-            )
-            _write_private(key_path, _key_pem(key))
-            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if not cert_path.exists():
+        with _creating():
+            if not cert_path.exists():  # another process may have made it while we waited
+                _create_ca(cert_path, key_path)
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     return cert, key  # type: ignore[return-value]

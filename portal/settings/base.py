@@ -6,12 +6,14 @@ Set ``DATABASE_URL`` / ``REDIS_URL`` to run on PostgreSQL and Redis (see README,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 from urllib.parse import unquote
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from portal.logs import logging_config
 from portal.version import VERSION as QXAAS_VERSION  # from the package metadata
@@ -26,12 +28,29 @@ os.chmod(VAR_DIR, 0o700)
 
 
 def _persistent_secret(name: str, nbytes: int = 48) -> str:
-    """A random secret generated once and kept under VAR_DIR (embedded default only)."""
+    """A random secret generated once and kept under VAR_DIR (embedded default only).
+
+    Written whole to a temporary file and linked into place (``link`` fails if the name exists), so a crash
+    leaves no half-written file and of processes starting together the first one wins and all read its value.
+    An empty file (left by an older version's crash) is refused, never used as a key."""
     path = VAR_DIR / name
     if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(nbytes))
-    return path.read_text().strip()
+        tmp = VAR_DIR / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(nbytes))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    value = path.read_text().strip()
+    if not value:
+        raise ImproperlyConfigured(f"{path} is empty; delete it to generate a new secret (tokens hashed or "
+                                   f"sessions signed with the old one stop working) or set it in the environment")
+    return value
 
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -48,6 +67,8 @@ HEALTH_TOKEN = env.str("HEALTH_TOKEN", default="") or _persistent_secret("health
 # with the pepper they were hashed with, so a pepper can be rotated without invalidating tokens.
 _peppers = env.str("API_TOKEN_PEPPERS", default="") or f"1:{_persistent_secret('token_pepper')}"
 API_TOKEN_PEPPERS = {int(k): v for k, v in (item.split(":", 1) for item in _peppers.split(",") if item)}
+if not API_TOKEN_PEPPERS or not all(API_TOKEN_PEPPERS.values()):
+    raise ImproperlyConfigured("API_TOKEN_PEPPERS needs 'id:secret' pairs with non-empty secrets")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

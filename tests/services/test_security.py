@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,55 @@ def test_the_portals_sqlite_database_and_var_dir_are_private(tmp_path):
     assert _mode(var / "qxaas.sqlite3") == 0o600
     for name in ("secret_key", "token_pepper"):
         assert _mode(var / name) == 0o600
+
+
+# --- 14. generated secrets written atomically, never empty; the portal CA created once across processes -----------
+
+def _settle(var: Path, code: str, processes: int = 1, before: str = "import django, environ") -> list:
+    """Run ``code`` in ``processes`` fresh interpreters on the embedded default with ``var`` as QXAAS_VAR_DIR, all
+    released at once after ``before`` ran (when the file ``go`` appears), so first starts really race."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY",
+                                                            "API_TOKEN_PEPPERS")}
+    env.update(QXAAS_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="portal.settings.base", GO=str(var.parent / "go"))
+    wait = (f"{before}\nimport os, time\nfor _ in range(6000):\n    if os.path.exists(os.environ['GO']): break\n"
+            "    time.sleep(0.001)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", wait + code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(processes)]
+    time.sleep(3)  # every interpreter has done ``before`` and waits (a slow machine only makes the race milder)
+    (var.parent / "go").touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+def test_an_empty_generated_secret_is_refused_not_used(tmp_path):
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "token_pepper").write_text("")  # what a crash between creating and writing the file left behind
+    [result] = _settle(var, "from django.conf import settings; print(settings.API_TOKEN_PEPPERS)")
+    assert result.returncode != 0
+    assert "token_pepper" in result.stderr and "empty" in result.stderr
+
+
+def test_concurrent_first_starts_agree_on_the_secrets(tmp_path):
+    var = tmp_path / "var"
+    code = "from django.conf import settings; print(settings.SECRET_KEY, settings.API_TOKEN_PEPPERS[1])"
+    results = _settle(var, code, processes=6)
+    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    values = {r.stdout.strip() for r in results}
+    assert len(values) == 1 and all(len(part) > 40 for part in values.pop().split())
+
+
+def test_concurrent_processes_create_one_portal_ca(tmp_path):
+    var = tmp_path / "var"
+    code = ("cert, _ = pki.ca()\n"
+            "issued = pki.issue_sae_certificate('t', 's')\n"
+            "from cryptography import x509\nx509.load_pem_x509_certificate(issued.cert_pem.encode())"
+            ".verify_directly_issued_by(x509.load_pem_x509_certificate((pki.pki_dir() / 'ca.crt').read_bytes()))\n"
+            "print(cert.fingerprint(__import__('cryptography.hazmat.primitives.hashes').hazmat.primitives.hashes"
+            ".SHA256()).hex())")
+    results = _settle(var, code, processes=6, before="import django; django.setup()\nfrom services import pki")
+    assert all(r.returncode == 0 for r in results), [r.stderr[-800:] for r in results]
+    assert len({r.stdout.strip() for r in results}) == 1
