@@ -146,3 +146,28 @@ def test_concurrent_processes_create_one_portal_ca(tmp_path):
     results = _settle(var, code, processes=6, before="import django; django.setup()\nfrom services import pki")
     assert all(r.returncode == 0 for r in results), [r.stderr[-800:] for r in results]
     assert len({r.stdout.strip() for r in results}) == 1
+
+
+# --- 13. --insecure-http only when every address actually bound is loopback ---------------------------------------
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "[::]:0", ":0", "192.0.2.10:0", "kme.example.org:0"])
+def test_insecure_http_refuses_a_topology_that_binds_beyond_loopback(tmp_path, address):
+    from services.sdqkd.twin.network import Twin
+    from services.sdqkd.twin.topology import parse_topology
+
+    text = (ROOT / "services/sdqkd/topologies/line-8.yaml").read_text().replace("'127.0.0.1:8411'", f"'{address}'")
+    topology = parse_topology(text)
+    with pytest.raises(ValueError, match="loopback"):
+        Twin(topology, tmp_path / "twin", insecure=True)
+    Twin(topology, tmp_path / "twin", insecure=True, base_port=0)  # --host (127.0.0.1) decides with --base-port
+    with pytest.raises(ValueError, match="loopback"):
+        Twin(topology, tmp_path / "twin", host="0.0.0.0", insecure=True, base_port=0)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "127.0.0.2:0", "localhost:0", "[::1]:0"])
+def test_insecure_http_accepts_loopback_topologies(tmp_path, address):
+    from services.sdqkd.twin.network import Twin
+    from services.sdqkd.twin.topology import parse_topology
+
+    text = (ROOT / "services/sdqkd/topologies/line-8.yaml").read_text().replace("'127.0.0.1:8411'", f"'{address}'")
+    Twin(parse_topology(text), tmp_path / "twin", insecure=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -75,6 +76,17 @@ class HttpPeers:
         await self.session.close()
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is a loopback address; '' and 0.0.0.0 / :: are not."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Twin:
     def __init__(
         self,
@@ -89,7 +101,7 @@ class Twin:
         protocol_cpu: float = 0.25,
         mode: str | None = None,
     ):
-        if insecure and host not in ("127.0.0.1", "localhost", "::1"):
+        if insecure and not is_loopback(host):
             raise ValueError("--insecure-http is only allowed on loopback")
         unknown = set(nodes or []) - set(topology.nodes)
         if unknown:
@@ -101,6 +113,10 @@ class Twin:
         self.insecure = insecure
         self.time_scale = time_scale
         self.local_nodes = list(nodes or topology.nodes)
+        if insecure:  # header-trusted KMEs: every address this process will bind must be loopback, not just --host
+            exposed = sorted({self._bind_host(n) for n in self.local_nodes if not is_loopback(self._bind_host(n))})
+            if exposed:
+                raise ValueError(f"--insecure-http is only allowed on loopback; the topology binds {exposed}")
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         if protocol_workers < 0 or protocol_cpu < 0:
@@ -121,17 +137,23 @@ class Twin:
         self._runners: list[web.AppRunner] = []
 
     # -- bring-up ----------------------------------------------------------------------------------------
+    def _bind_host(self, node_id: str) -> str:
+        """The address a local node listens on: the topology's, or ``--host`` with ``--base-port``."""
+        return self.topology.nodes[node_id].host if self.base_port is None else self.host
+
     def _bind(self, index: int, node_id: str) -> socket.socket:
         spec = self.topology.nodes[node_id]
-        if self.base_port is None:
-            host, port = spec.host, spec.port
-        else:
-            host, port = self.host, (self.base_port + index if self.base_port else 0)
+        host = self._bind_host(node_id)
+        port = spec.port if self.base_port is None else (self.base_port + index if self.base_port else 0)
         if len(self.local_nodes) < len(self.topology.nodes) and port == 0:
             raise ValueError("one node per process needs fixed ports (topology addresses or --base-port N)")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        bound = sock.getsockname()[0]
+        if self.insecure and not is_loopback(bound):  # what was really bound (a name may resolve anywhere)
+            sock.close()
+            raise ValueError(f"--insecure-http is only allowed on loopback; {host!r} bound {bound}")
         sock.listen(1024)
         sock.setblocking(False)
         return sock
