@@ -39,6 +39,13 @@ from .models import IpsecGateway, Tunnel, TunnelKeyEvent
 from .pki import gateway_credentials, tunnel_certificate, tunnel_identity
 
 log = logging.getLogger(__name__)
+
+
+def _task(name: str):
+    """This app's Celery task ``name``, looked up by name (``ipsec.tasks`` imports this module: no cycle)."""
+    from celery import current_app
+
+    return current_app.tasks[f"ipsec.tasks.{name}"]
 S = Tunnel.State
 
 # ESP proposals a tenant may choose (strongSwan names); the first is the default.
@@ -166,12 +173,10 @@ def order_tunnel(tenant: Tenant, *, node_a: str, node_b: str, subnet_a: str, sub
                         whose = "one of your" if other.tenant_id == tenant.pk else "another tenant's"
                         raise BadRequest(f"{field} {mine} overlaps {theirs} of {whose} live tunnels",
                                          details={field: str(mine)})
-        from . import tasks
-
         return orders.place(Tunnel, tenant, reference=f"ipsec:{node_a}-{node_b}", name=name, node_a=node_a,
                             node_b=node_b, subnet_a=str(net_a), subnet_b=str(net_b), esp_proposal=esp_proposal,
                             rekey_interval_s=interval, key_path=key_path,
-                            on_commit=lambda t: tasks.provision.delay(t.pk))
+                            on_commit=lambda t: _task("provision").delay(t.pk))
 
 
 _ALGORITHMS: dict[str, set[str]] = {}
@@ -445,8 +450,6 @@ def restore(tunnel: Tunnel) -> int:
 def reconcile() -> dict[str, int]:
     """At start-up (worker, make run): requested orders re-enqueued, provisioning ones that a crash interrupted
     failed cleanly, orphans removed and lost tunnels degraded and restored (``monitor``)."""
-    from . import tasks
-
     out = {"requeued": 0, "failed": 0}
     for tunnel in Tunnel.objects.unscoped().select_related("tenant").filter(state=S.PROVISIONING):
         remove_everywhere(tunnel)
@@ -456,7 +459,7 @@ def reconcile() -> dict[str, int]:
     for tunnel in Tunnel.objects.unscoped().filter(state=S.REKEYING):
         Tunnel.objects.unscoped().filter(pk=tunnel.pk, state=S.REKEYING).update(state=S.UP)
     for pk in Tunnel.objects.unscoped().filter(state=S.REQUESTED).values_list("pk", flat=True):
-        tasks.provision.delay(pk)
+        _task("provision").delay(pk)
         out["requeued"] += 1
     out.update(monitor())
     return out
@@ -465,22 +468,18 @@ def reconcile() -> dict[str, int]:
 def maintain() -> dict[str, int]:
     """The periodic hook (every 2 s, ``services.tasks.maintain_orders``): enqueue the due re-keys and one
     monitoring pass; the VICI work runs in those tasks."""
-    from . import tasks
-
     due = list(Tunnel.objects.unscoped().filter(state=S.UP, next_rekey_at__lte=timezone.now())
                .values_list("pk", flat=True))
     for pk in due:
-        tasks.rekey.delay(pk)
+        _task("rekey").delay(pk)
     if Tunnel.objects.unscoped().filter(state__in=Tunnel.live_states).exists():
-        tasks.monitor.delay()
+        _task("monitor").delay()
     return {"rekeys": len(due)}
 
 
 # -- close --------------------------------------------------------------------------------------------------
 def request_close(tunnel: Tunnel) -> Tunnel:
     """The tenant closes its tunnel: closing now, removal from the gateways in a task."""
-    from . import tasks
-
     if not tunnel.is_live:
         raise Conflict(f"the tunnel is already {tunnel.state}")
     if tunnel.state == S.REQUESTED:
@@ -488,7 +487,7 @@ def request_close(tunnel: Tunnel) -> Tunnel:
         return tunnel
     expected = (S.PROVISIONING, S.UP, S.REKEYING, S.DEGRADED)
     if orders.advance(tunnel, S.CLOSING, expected=expected):
-        transaction.on_commit(lambda: tasks.close.delay(tunnel.pk))
+        transaction.on_commit(lambda: _task("close").delay(tunnel.pk))
     return tunnel
 
 

@@ -12,7 +12,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from portal.errors import BadRequest, Forbidden
-from portal.middleware import has_totp
 
 from .models import MANAGING_ROLES, ApiToken, Membership, Role, Scope, Tenant
 
@@ -27,6 +26,13 @@ ROLE_SCOPES: dict[str, set[str]] = {
     Role.VIEWER: {Scope.TUNNELS_READ.value, Scope.TLS_READ.value, Scope.BILLING_READ.value},
 }
 
+
+
+def has_totp(user) -> bool:
+    """Whether ``user`` has enrolled a TOTP authenticator (allauth MFA): staff grant ``operator`` only then."""
+    from allauth.mfa.models import Authenticator
+
+    return Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).exists()
 
 class InvalidToken(Exception):
     """The presented token is malformed, unknown, revoked or expired (the caller gets one generic 401)."""
