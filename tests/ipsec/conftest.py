@@ -12,7 +12,6 @@ import pytest
 
 from ipsec import lab as lab_module
 from ipsec import services
-from tests.twin.conftest import twin_factory  # noqa: F401 - fixtures
 
 NODES = ["CAIT", "CCS", "Rectorado"]
 LINKS = [("CAIT", "CCS"), ("CCS", "Rectorado")]
