@@ -1,8 +1,9 @@
 """Which token scope opens which key endpoint: in-process (Django) and through the HTTPS key gateway.
 
 keys:write takes keys (enc_keys, open_connect, the simple REST key); keys:read reads what was taken for you
-(dec_keys, status, the simple REST peer copy). A token with only the other scope gets 403 in the ETSI error
-body (``{"message": ...}``, never the portal's ``{"error": ...}``), and nothing is charged or consumed.
+(dec_keys, status, the simple REST peer copy). A token with only the other scope is refused in the ETSI error
+body (``{"message": ...}``, never the portal's ``{"error": ...}``): 401 on the ETSI 014 paths (the standard lists
+no 403), 403 on the 004 views; and nothing is charged or consumed.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def charged_nothing(lab) -> None:
     assert not KeyStream.objects.for_tenant(lab.tenant).exists()
 
 
-def etsi_forbidden(status: int, body: dict, scope: str) -> None:
-    assert status == 403, body
+def etsi_forbidden(status: int, body: dict, scope: str, path: str) -> None:
+    assert status == (401 if path.startswith("/api/v1/keys/") else 403), body
     assert scope in body["message"] and "error" not in body and "keys" not in body
 
 
@@ -69,7 +70,7 @@ def ledger(lab) -> list[int]:
 
 
 @pytest.mark.parametrize("name, method, path, data, scope", MATRIX, ids=[m[0] for m in MATRIX])
-def test_in_process_the_wrong_scope_is_403_in_the_etsi_body_and_costs_nothing(lab, client_for, name, method,
+def test_in_process_the_wrong_scope_is_refused_in_the_etsi_body_and_costs_nothing(lab, client_for, name, method,
                                                                               path, data, scope):
     key_id = a_key_for_rect(lab) if "KEY" in (path + str(data)) else ""
     baseline = used(lab.tenant, "qkd_key_bits.day"), ledger(lab)
@@ -77,7 +78,7 @@ def test_in_process_the_wrong_scope_is_403_in_the_etsi_body_and_costs_nothing(la
     body = {"key_IDs": [{"key_ID": key_id}]} if data == "KEY" else data
     response = getattr(client, method)(path.replace("KEY", key_id), body, format="json" if body else None,
                                        HTTP_X_SAE_ID=CALLER[name])
-    etsi_forbidden(response.status_code, response.json(), scope)
+    etsi_forbidden(response.status_code, response.json(), scope, path)
     assert (used(lab.tenant, "qkd_key_bits.day"), ledger(lab)) == baseline
     assert not KeyStream.objects.for_tenant(lab.tenant).exists()
     if key_id:  # the key is still there for a token with the right scope
@@ -97,7 +98,7 @@ def test_the_simple_rest_key_needs_keys_write_and_its_peer_copy_keys_read(lab, c
     assert reader.get(f"/api/qkd/keys/{key['key_ID']}").json()["key"] == key["key"]  # still there
 
 
-def test_through_the_https_key_gateway_the_wrong_scope_is_403_and_costs_nothing(https_portal, lab, client_for):
+def test_through_the_https_key_gateway_the_wrong_scope_is_refused_and_costs_nothing(https_portal, lab, client_for):
     """The gateway (another process, PostgreSQL) decides the scope itself for ETSI 014 and forwards 004."""
     key_id = a_key_for_rect(lab)
     ca = str(pki.pki_dir() / "ca.crt")
@@ -107,7 +108,7 @@ def test_through_the_https_key_gateway_the_wrong_scope_is_403_and_costs_nothing(
         response = requests.request(method.upper(), https_portal + path.replace("KEY", key_id), json=body,
                                     headers={"Authorization": f"Bearer {secret}", "X-SAE-ID": CALLER[name]},
                                     verify=ca, timeout=30)
-        etsi_forbidden(response.status_code, response.json(), scope)
+        etsi_forbidden(response.status_code, response.json(), scope, path)
         assert (used(lab.tenant, "qkd_key_bits.day"), ledger(lab)) == (256, [256]), name
         assert not KeyStream.objects.for_tenant(lab.tenant).exists(), name
     # the key was not consumed by the refused dec_keys: the right scope still gets it, through the gateway
