@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 def _task(name: str):
     """This app's Celery task ``name``, looked up by name (``ipsec.tasks`` imports this module: no cycle)."""
-    from celery import current_app
+    import importlib
 
-    return current_app.tasks[f"ipsec.tasks.{name}"]
+    return getattr(importlib.import_module("ipsec.tasks"), name)
 S = Tunnel.State
 
 # ESP proposals a tenant may choose (strongSwan names); the first is the default.
