@@ -191,13 +191,17 @@ def _take_byo_key(session: TlsSession, why: str) -> Taken:
         sae.tenant = session.tenant
     order = delivery.order_keys(session.sae_master, session.sae_b.name, number=1, size=session.key_size,
                                 additional_slave_sae_ids=[session.sae_a.name])
-    try:
-        keys = registry.client_for(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
-    except (KmeRejected, KmeUnavailable) as exc:
-        raise delivery.backend_error(exc, order.pair.master_node) from None
-    taken = delivery.Delivery(order.master, order.slaves, keys, order.backend_slaves)
-    delivery.record_deliveries(session.tenant, [taken], order.size, reference=f"tls:{session.uuid}:{why}",
-                               limits=order.limits, order_id=session.uuid)
+    try:  # the bits are held in the quota (order_keys): settled on delivery, given back on any failure
+        try:
+            keys = registry.client_for(order.pair.master_node).enc_keys(order.pair.slave_sae, **order.ask())
+        except (KmeRejected, KmeUnavailable) as exc:
+            raise delivery.backend_error(exc, order.pair.master_node) from None
+        taken = delivery.Delivery(order.master, order.slaves, keys, order.backend_slaves)
+        delivery.record_deliveries(session.tenant, [taken], order.size, reference=f"tls:{session.uuid}:{why}",
+                                   reservation=order.reservation, order_id=session.uuid)
+    except BaseException:
+        delivery.abandon(order)  # a no-op once settled
+        raise
     return Taken(taken.key_ids()[0], order.size)
 
 
