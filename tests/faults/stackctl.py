@@ -5,7 +5,8 @@
 
 ``check`` reads what the load's clients received (``{"tenant-slug": [key_ID, ...]}``) and answers, per tenant:
 keys no delivery record knows, keys handed to two requests, delivery records without exactly one ledger row,
-the key bits charged but never received (requests cut by a kill), quota counters that differ from the ledger,
+the key bits charged but never received (requests cut by a kill), quota counters that differ from the ledger
+plus the open reservations,
 and stream slots held without a live stream.
 """
 
@@ -46,7 +47,7 @@ def check(received: dict[str, list[str]]) -> dict:
     from services import keyids
     from services.models import KeyDelivery, KeyStream
     from tenants.meters import split_quota_key, window_bounds
-    from tenants.models import QuotaCounter, Tenant, UsageRecord
+    from tenants.models import QuotaCounter, QuotaReservation, Tenant, UsageRecord
 
     report: dict = {}
     for tenant in Tenant.objects.filter(slug__in=list(received)).order_by("slug"):
@@ -67,11 +68,16 @@ def check(received: dict[str, list[str]]) -> dict:
             meter, window = split_quota_key(counter.quota_key)
             start, end = window_bounds(window, counter.window_start)
             rows = UsageRecord.objects.for_tenant(tenant).filter(meter=meter, created_at__gte=start)
+            # A reservation counts in the windows its creation time falls in (tenants.quota.reserve).
+            held = QuotaReservation.objects.for_tenant(tenant).filter(meter=meter, created_at__gte=start)
             if end is not None:
                 rows = rows.filter(created_at__lt=end)
+                held = held.filter(created_at__lt=end)
             ledger = rows.aggregate(s=Sum("quantity"))["s"] or 0
-            if ledger != counter.used:
-                mismatched.append({"quota": counter.quota_key, "counter": counter.used, "ledger": ledger})
+            reserved = held.aggregate(s=Sum("amount"))["s"] or 0
+            if ledger + reserved != counter.used:  # at rest: counters == ledger + open reservations
+                mismatched.append({"quota": counter.quota_key, "counter": counter.used, "ledger": ledger,
+                                   "reserved": reserved})
         live = KeyStream.objects.for_tenant(tenant).filter(state__in=KeyStream.live_states).count()
         slots = QuotaCounter.objects.for_tenant(tenant).filter(quota_key="key_streams").aggregate(s=Sum("used"))
         report[tenant.slug] = {
