@@ -120,12 +120,11 @@ class PortalStack:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
         return requests.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
 
-    def twin_admin(self, link: str, action: str) -> None:
+    def twin_admin(self, link: str, action: str, node: str = "CAIT") -> None:
         """Cut or restore a twin link through the twin's admin API, with the portal's client certificate."""
         endpoints = json.loads((self.var / "twin" / "endpoints.json").read_text())
         cert = (endpoints["portal"]["cert"], endpoints["portal"]["key"])
-        node = next(iter(endpoints["nodes"].values()))
-        response = requests.post(node["url"] + f"/api/v1/admin/links/{link}/{action}", cert=cert,
+        response = requests.post(endpoints["nodes"][node]["url"] + f"/api/v1/admin/links/{link}/{action}", cert=cert,
                                  verify=endpoints["ca"], timeout=10)
         assert response.ok, response.text
 
@@ -296,7 +295,8 @@ class Browser:
         """The file that appeared in the download folder since ``before`` (a set of names), once complete."""
         def done() -> Path | None:
             new = [p for p in self.downloads.iterdir() if p.name not in before]
-            complete = [p for p in new if not p.name.endswith((".crdownload", ".tmp"))]
+            # Chromium writes to .org.chromium.Chromium.* or *.crdownload first, then renames.
+            complete = [p for p in new if not p.name.startswith(".") and not p.name.endswith((".crdownload", ".tmp"))]
             return complete[0] if complete and len(complete) == len(new) else None
 
         return self.wait_until(done, timeout, "a download")
