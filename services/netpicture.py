@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString, mark_safe
 from tenants.charts import human
 
 WIDTH, HEIGHT = 760, 440
-COLOURS = {"up": "#2b8a3e", "degraded": "#b35c00"}
+COLOURS = {"up": "#237032", "degraded": "#b35c00"}
 DOWN = "#c92a2a"  # cut, down, or any state that is not up
 
 

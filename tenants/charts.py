@@ -12,8 +12,8 @@ from datetime import datetime
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 640, 200
-PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 64, 12, 14, 28
+WIDTH, HEIGHT = 480, 220
+PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 62, 10, 24, 30
 AXIS = "#5d6677"
 GRID = "#e4e7ec"
 
@@ -29,15 +29,15 @@ def human(value: float) -> str:
 def _frame(title: str, summary: str, top: float, unit: str, first: str, last: str) -> list[str]:
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}: {escape(summary)}" '
-             f'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif" font-size="11">',
+             f'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif" font-size="14">',
              f"<title>{escape(title)}</title><desc>{escape(summary)}</desc>"]
-    for i in range(5):  # horizontal grid lines with their values
-        y = PAD_TOP + plot_h * i / 4
-        value = top * (4 - i) / 4
+    for i in range(3):  # horizontal grid lines with their values
+        y = PAD_TOP + plot_h * i / 2
+        value = top * (2 - i) / 2
         parts.append(f'<line x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
         parts.append(f'<text x="{PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" fill="{AXIS}">'
                      f"{escape(human(value))}</text>")
-    parts.append(f'<text x="4" y="{PAD_TOP - 3}" fill="{AXIS}">{escape(unit)}</text>')
+    parts.append(f'<text x="4" y="{PAD_TOP - 8}" fill="{AXIS}">{escape(unit)}</text>')
     parts.append(f'<text x="{PAD_LEFT}" y="{HEIGHT - 8}" fill="{AXIS}">{escape(first)}</text>')
     parts.append(f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 8}" text-anchor="end" fill="{AXIS}">'
                  f"{escape(last)}</text>")

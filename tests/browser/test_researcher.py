@@ -130,3 +130,56 @@ def test_the_network_picture_shows_a_cut_link_down_then_restored(researcher, por
     researcher.find("svg.network a[data-link='cait-ccs']").click()  # a link's page: its history
     researcher.find("#link-state")
     assert "Secret key rate" in researcher.text("main")
+
+
+def test_create_a_token_shown_once_use_it_and_revoke_it(researcher, portal_stack):
+    import requests
+
+    researcher.get("/tokens/")
+    researcher.find("#t-name").send_keys("browser-script")
+    researcher.find("input[name=scopes][value='entropy:read']").click()
+    researcher.find("form button[type=submit]:not([name=revoke])").click()
+    secret = researcher.find("#new-token").text.strip()
+    assert secret.startswith("qx_")
+    auth = {"Authorization": f"Bearer {secret}"}
+    works = requests.get(portal_stack.base + "/api/entropy", params={"bytes": 16, "format": "hex"}, headers=auth,
+                         timeout=30)
+    assert works.status_code == 200, works.text
+    researcher.get("/tokens/")  # shown once: a later visit has only its prefix
+    assert secret not in researcher.text("main") and not researcher.find_all("#new-token")
+    researcher.find("button[aria-label='Revoke token browser-script']").click()
+    confirm(researcher)
+    researcher.wait_until(lambda: "revoked" in researcher.text("main"), what="the revoked token")
+    refused = requests.get(portal_stack.base + "/api/entropy", params={"bytes": 16, "format": "hex"}, headers=auth,
+                           timeout=30)
+    assert refused.status_code == 401, refused.text
+
+
+def test_usage_page_filters_charts_and_exports_csv(researcher, portal_stack):
+    assert portal_stack.api("GET", "/api/entropy", params={"bytes": 1000, "format": "hex"}).status_code == 200
+    researcher.get("/usage/")
+    researcher.find("#f-meter option[value=entropy_bytes]").click()
+    researcher.find("form.row button[type=submit]").click()
+    researcher.find("figure.chart svg")
+    rows = researcher.find_all("main table tbody tr")
+    assert rows and all("entropy_bytes" in r.text for r in rows)
+    before = {p.name for p in researcher.downloads.iterdir()}
+    researcher.find("#csv-export").click()
+    csv_text = researcher.wait_for_download(before).read_text()
+    lines = csv_text.strip().splitlines()
+    assert lines[0].startswith("created_at,meter,kind,quantity") and len(lines) >= 2
+    assert all(",entropy_bytes," in line for line in lines[1:])
+
+
+def test_a_quality_report_shows_progress_then_its_result(researcher):
+    researcher.get("/entropy/")
+    researcher.find("form[method=post] #r-bytes")
+    researcher.find("form[method=post] button[type=submit]").click()
+    researcher.wait_until(lambda: "/entropy/quality/" in researcher.driver.current_url, what="the report's page")
+    assert researcher.find("#report-live h2").text.startswith("State:")
+    # the page updates itself (no reload) from queued/running to done, with the result and the p-value plot
+    researcher.wait_until(lambda: "tests passed" in researcher.text("#report-live"), timeout=90,
+                          what="the report's result")
+    researcher.find("#report-live svg")
+    researcher.screenshot("quality-report")
+    researcher.assert_accessible("quality-report")
