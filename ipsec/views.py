@@ -45,3 +45,12 @@ def tunnels_page(request: HttpRequest) -> HttpResponse:
         "gateways": IpsecGateway.objects.filter(enabled=True), "proposals": services.ESP_PROPOSALS,
         "base_url": request.build_absolute_uri("/api/").rstrip("/"),
     })
+
+
+@login_required
+def live_fragment(request: HttpRequest) -> HttpResponse:
+    """The tenant's live tunnels (the dashboard's "live services", refreshed in place)."""
+    ctx = web_tenant(request)
+    live = [] if ctx is None else list(Tunnel.objects.for_tenant(ctx.tenant).filter(
+        state__in=Tunnel.live_states).order_by("-created_at")[:20])
+    return render(request, "ipsec/_live.html", {"tunnels": live})

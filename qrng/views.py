@@ -95,3 +95,9 @@ def quality_report_page(request: HttpRequest, report_id) -> HttpResponse:
         "tenant_context": ctx, "report": report, "plot": plot,
         "tests": (report.result or {}).get("tests", []), "percent": round(report.progress * 100),
     })
+
+
+@login_required
+def alarms_fragment(request: HttpRequest) -> HttpResponse:
+    """Open QRNG health alarms (the dashboard's "recent alarms", refreshed in place)."""
+    return render(request, "qrng/_alarms.html", {"alarms": runtime.open_alarms(limit=10)})

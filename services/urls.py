@@ -15,4 +15,5 @@ urlpatterns = [
     path("streams/<uuid:ksid>/fragment", views.stream_fragment, name="stream-fragment"),
     path("streams/<uuid:ksid>/<str:action>", views.stream_action, name="stream-action"),
     path("live/", views.live_fragment, name="services-live"),
+    path("alarms/", views.alarms_fragment, name="services-alarms"),
 ]

@@ -282,3 +282,11 @@ def live_fragment(request: HttpRequest) -> HttpResponse:
     live = [] if ctx is None else list(KeyStream.objects.for_tenant(ctx.tenant).filter(
         state__in=KeyStream.live_states).select_related("source", "destination").order_by("-created_at")[:20])
     return render(request, "services/_live.html", {"streams": live})
+
+
+@login_required
+def alarms_fragment(request: HttpRequest) -> HttpResponse:
+    """QKD links that are not up (the dashboard's "recent alarms", refreshed in place)."""
+    network = _network(request)
+    down = [k for k in network.get("links", []) if k.get("state") != "up"]
+    return render(request, "services/_alarms.html", {"down": down, "network": network})

@@ -25,3 +25,12 @@ def sessions_page(request: HttpRequest, session_uuid=None) -> HttpResponse:
     elif session_uuid is not None:
         raise Http404("no such TLS session")
     return render(request, "tls/sessions.html", context)
+
+
+@login_required
+def live_fragment(request: HttpRequest) -> HttpResponse:
+    """The tenant's live TLS sessions (the dashboard's "live services", refreshed in place)."""
+    ctx = web_tenant(request)
+    live = [] if ctx is None else list(TlsSession.objects.for_tenant(ctx.tenant).filter(
+        state__in=TlsSession.live_states).select_related("node_a", "node_b").order_by("-created_at")[:20])
+    return render(request, "tls/_live.html", {"sessions": live})

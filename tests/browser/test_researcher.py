@@ -123,8 +123,11 @@ def test_the_network_picture_shows_a_cut_link_down_then_restored(researcher, por
         assert "DOWN" in researcher.text("svg.network a[data-link='cait-ccs']").upper() or \
             link_state(researcher, "cait-ccs") == "cut"
         researcher.screenshot("network-cut")
+        researcher.get("/")  # the dashboard raises it as an alarm
+        researcher.wait_until(lambda: "cait-ccs" in researcher.text("#links-alarms"), what="the link alarm")
     finally:
         portal_stack.twin_admin("cait-ccs", "restore")
+    researcher.get("/services/network/")
     researcher.wait_until(lambda: link_state(researcher, "cait-ccs") == "up", timeout=20,
                           what="the restored link drawn up")
     researcher.find("svg.network a[data-link='cait-ccs']").click()  # a link's page: its history
