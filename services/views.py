@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -140,7 +141,8 @@ def _sae_response(request: HttpRequest, ctx: TenantContext, sae: Sae, bundle: sa
         "tenant_context": ctx, "sae": sae, "bundle": bundle, "deliveries": deliveries,
         "streams": streams_of.select_related("source", "destination").order_by("-created_at")[:10],
         "others": Sae.objects.for_tenant(ctx.tenant).exclude(pk=sae.pk).order_by("name"),
-        "base": request.build_absolute_uri("/").rstrip("/")})
+        "base": request.build_absolute_uri("/").rstrip("/"),
+        "gateway": f"https://{request.get_host().rsplit(':', 1)[0]}:{settings.ETSI_HTTPS_PORT}"})
 
 
 @login_required
