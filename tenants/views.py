@@ -120,7 +120,8 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         records = records.filter(created_at__gte=since)
     if until_exclusive:
         records = records.filter(created_at__lt=until_exclusive)
-    end = min(until_exclusive or timezone.now(), timezone.now()) if until_exclusive else timezone.now()
+    now = timezone.now()
+    end = min(until_exclusive, now) if until_exclusive else now
     start = since or end - timedelta(days=30)
     step = "hour" if end - start <= timedelta(days=2) else "day"
     chart = None
