@@ -58,6 +58,8 @@ def commands(port: int) -> dict[str, list[str]]:
         "worker": [py, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO", "--concurrency", "2"],
         "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
                  "--schedule", f"{var}/celerybeat-schedule"],
+        # the IPsec gateways' VICI event streams (idle while no gateway is registered)
+        "ipsec-events": [py, str(BASE_DIR / "manage.py"), "ipsec_events"],
     }
     embedded_twin = os.environ.get("QKD_EMBEDDED_TWIN", "true").lower() in ("1", "true", "yes")
     if embedded_twin and find_spec("services.sdqkd.twin.__main__") is not None:
