@@ -192,7 +192,9 @@ def test_a_worker_process_runs_the_quality_report_and_fills_the_pool(lab, use_so
            "DJANGO_SETTINGS_MODULE": "portal.settings.base", "QXAAS_VAR_DIR": str(tmp_path),
            "QRNG_SOURCES": json.dumps(sources), "QRNG_POOL_KEY": settings.QRNG_POOL_KEY}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "--loglevel", "INFO"],
+        # Both queues, as make run's two workers serve them: reports are routed to "quality".
+        [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "celery,quality", "--pool", "solo",
+         "--loglevel", "INFO"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
