@@ -61,7 +61,8 @@ def test_a_report_runs_as_a_job_and_keeps_p_values_never_bytes(lab, file_source,
     for offset in range(0, 250_000, 25_000):
         sample = file_source[offset : offset + 8]
         assert sample.hex() not in stored and str(list(sample)) not in stored
-    assert lab.ledger() == []  # tested and dropped, not delivered: not charged as entropy
+    # Tested and dropped, but taken out of the shared pool: charged once, exactly the bytes drawn.
+    assert [(r.quantity, r.idempotency_key) for r in lab.ledger()] == [(250_000, f"quality-report:{report['id']}")]
     svg = lab.get(f"/api/entropy/quality-reports/{report['id']}/plot.svg")
     assert svg["Content-Type"] == "image/svg+xml" and b"<svg" in svg.content and b"frequency" in svg.content
 
