@@ -197,6 +197,13 @@ if not CELERY_BROKER_URL.startswith("filesystem://"):
     # Redis: abandoned messages are looked for every 10 s (kombu's default: every 100 s).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TASK_VISIBILITY_TIMEOUT_S,
                                        "unacked_restore_interval": 10, "unacked_restore_throttle": 1}
+# Quality reports draw up to 16 MiB and run a statistical battery for seconds to minutes: their own queue, served
+# by their own worker (make run: "worker-quality"; deploy/systemd: qxaas-worker-quality.service), so they never
+# hold up the default queue's provisioning, key-stream filling and order expiry.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+QRNG_QUALITY_QUEUE = "quality"
+CELERY_TASK_ROUTES = {"qrng.tasks.run_quality_report": {"queue": QRNG_QUALITY_QUEUE}}
+METRICS_CELERY_QUEUES = [CELERY_TASK_DEFAULT_QUEUE, QRNG_QUALITY_QUEUE]  # queue depths on /metrics
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
@@ -282,6 +289,20 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"TlsSessionStateEnum": "tls.models.TlsSession.State"},
     "SCHEMA_PATH_PREFIX": r"/api/",
 }
+
+# --- Long requests on the web listener (docs/operations.md, "Slow clients and long requests") --------------
+# A request that waits or streams holds a web worker thread; each tenant gets a few slots of each kind
+# (tenants.slots), so one tenant's slow clients never take every thread. 0 = no per-tenant limit.
+ETSI004_MAX_TIMEOUT_MS = env.int("ETSI004_MAX_TIMEOUT_MS", default=1000)  # longest QoS Timeout granted (<= 10 s)
+ETSI004_WAITING_CALLS_PER_TENANT = env.int("ETSI004_WAITING_CALLS_PER_TENANT", default=2)
+QRNG_STREAMS_PER_TENANT = env.int("QRNG_STREAMS_PER_TENANT", default=2)  # concurrent streamed entropy downloads
+QRNG_STREAM_SEND_TIMEOUT_S = env.float("QRNG_STREAM_SEND_TIMEOUT_S", default=30.0)  # per chunk written to a client
+QRNG_STREAM_MAX_SECONDS = env.int("QRNG_STREAM_MAX_SECONDS", default=900)  # a longer download is cut
+# The key gateway's proxy to the web listener: connect, and the longest silence while reading an answer.
+GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S", default=10.0)
+GATEWAY_UPSTREAM_READ_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_READ_TIMEOUT_S", default=60.0)
+# ... and the longest a slow client of the gateway may take to accept one forwarded chunk.
+GATEWAY_CLIENT_WRITE_TIMEOUT_S = env.float("GATEWAY_CLIENT_WRITE_TIMEOUT_S", default=30.0)
 
 # --- SD-QKD backends -----------------------------------------------------------------------------------
 # The embedded twin writes endpoints.json into its state directory; the portal registers its nodes from it.

@@ -42,8 +42,9 @@ PROVENANCE_DOC = (
 ERRORS = {
     400: OpenApiResponse(description="bad parameters (`{\"error\": {...}}`)"),
     403: OpenApiResponse(description="the token lacks the `entropy:read` scope"),
-    429: OpenApiResponse(description="entropy quota exhausted (RateLimit headers), or the token's rate limit "
-                                     "(Retry-After); nothing was served or charged"),
+    429: OpenApiResponse(description="entropy quota exhausted (RateLimit headers), the token's rate limit "
+                                     "(Retry-After), or the tenant's streamed downloads at their concurrent "
+                                     "limit (Retry-After); nothing was served or charged"),
     503: OpenApiResponse(description="no healthy entropy source can serve now (Retry-After); nothing was "
                                      "charged"),
 }
@@ -103,7 +104,11 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
             "Entropy from the operator's health-tested sources (NIST SP 800-90B continuous tests), each byte "
             "served once, to one request. Metered on `entropy_bytes`: exactly the bytes consumed, rejected "
             "integer draws included (`bytes_consumed`). Streamed responses reserve the requested bytes and give "
-            "back what was not served if the download is cut.\n\n" + SIMULATED_DOC + "\n\n" + PROVENANCE_DOC
+            "back what was not served if the download is cut. A tenant runs at most `QRNG_STREAMS_PER_TENANT` "
+            "streamed downloads at once (2 by default; one more is a 429, nothing charged); a client that takes "
+            "no chunk for `QRNG_STREAM_SEND_TIMEOUT_S` (30 s), or a download longer than "
+            "`QRNG_STREAM_MAX_SECONDS` (900 s), is cut (the body is then shorter than Content-Length and the "
+            "unserved bytes are given back).\n\n" + SIMULATED_DOC + "\n\n" + PROVENANCE_DOC
         ),
         parameters=ENTROPY_PARAMETERS,
         responses={
@@ -128,7 +133,8 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
         return Response(draw.json_body(), headers=provenance_headers(draw.provenance, self.request_id))
 
     def _stream(self, n: int, encoding: str) -> StreamingHttpResponse:
-        body = delivery.MeteredStream(self.tenant, n, encoding, self.request_id)
+        body = delivery.MeteredStream(self.tenant, n, encoding, self.request_id,
+                                      sock=self.request.META.get("gunicorn.socket"))
         content_type = "application/octet-stream" if encoding == "raw" else "text/plain; charset=ascii"
         response = StreamingHttpResponse(body, content_type=content_type,
                                          headers=provenance_headers(body.provenance, self.request_id))
@@ -238,13 +244,16 @@ class QualityReportViewSet(EntropyViewMixin, mixins.ListModelMixin, mixins.Retri
         summary="Start a quality report (SP 800-22 subset + SP 800-90B MCV estimate) as a background job",
         description=(
             "Draws `bytes` from the pool (or one `source`) and tests them in 10^6-bit sequences; poll the "
-            "report for `progress`. The bytes are tested and dropped, never delivered or stored, so they are "
-            "not charged to `entropy_bytes`; one report per tenant runs at a time (409 otherwise). "
-            + SIMULATED_DOC
+            "report for `progress`. The bytes are tested and dropped, never delivered or stored, but they leave "
+            "the shared pool: the bytes drawn (`bytes` rounded down to whole sequences) are charged to "
+            "`entropy_bytes`, once per report (429 at once when they would not fit the quota). One report per "
+            "tenant runs at a time (409 otherwise), on the workers' own `quality` queue. " + SIMULATED_DOC
         ),
         request=QualityReportCreateSerializer,
         responses={202: QualityReportSerializer, 400: ERRORS[400], 409: OpenApiResponse(
-            description="another report of this tenant is still running")},
+            description="another report of this tenant is still running"), 429: OpenApiResponse(
+            description="the report's bytes would exceed the `entropy_bytes` quota (RateLimit headers), or the "
+                        "token's rate limit; nothing was queued or charged")},
     )
     def create(self, request):
         body = QualityReportCreateSerializer(data=request.data)

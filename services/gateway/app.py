@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from django.conf import settings
 from django.db import DatabaseError, connections
 
 from portal.errors import ServiceUnavailable
@@ -229,9 +230,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return _json({"error": {"code": "not_found", "message": "this listener serves ETSI GS QKD 014 only "
                                 "(/api/v1/keys/...); use the web listener for the rest of the API"}}, {}, 404)
     if gateway.proxy_session is None:
-        gateway.proxy_session = ClientSession(connector=TCPConnector(limit=100), trust_env=False,
-                                              timeout=ClientTimeout(total=None, sock_connect=10),
-                                              auto_decompress=False)
+        # No total: a long entropy download may take minutes; but the web listener must answer and keep
+        # answering (sock_read: the longest silence), or the request is given up and its resources go.
+        gateway.proxy_session = ClientSession(
+            connector=TCPConnector(limit=100), trust_env=False, auto_decompress=False,
+            timeout=ClientTimeout(total=None, connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S,
+                                  sock_connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S,
+                                  sock_read=settings.GATEWAY_UPSTREAM_READ_TIMEOUT_S))
     serial, _auth, _sae = _credentials(request)
     # Repeated headers stay repeated (a list of pairs, not a dict); the vouching headers are the gateway's own.
     headers = [(k, v) for k, v in request.headers.items() if _forwardable(k) and k.lower() not in FORWARD_SET]
@@ -247,10 +252,23 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 if k.lower() not in HOP_BY_HOP:
                     response.headers.add(k, v)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(1 << 16):
-                await response.write(chunk)
-            await response.write_eof()
+            write_timeout = settings.GATEWAY_CLIENT_WRITE_TIMEOUT_S
+            try:
+                async for chunk in upstream.content.iter_chunked(1 << 16):
+                    # A client that does not take the chunk in time is cut: the answer is not read further, so
+                    # the web listener's thread is not held by it.
+                    await asyncio.wait_for(response.write(chunk), write_timeout)
+                await asyncio.wait_for(response.write_eof(), write_timeout)
+            except (TimeoutError, OSError, ClientError) as exc:
+                # Headers are sent: a body shorter than its Content-Length (or no final chunk) tells the client.
+                logger.info("forwarded answer cut after its headers: %s", type(exc).__name__)
+                if request.transport is not None:
+                    request.transport.close()
             return response
+    except TimeoutError:
+        logger.warning("the web listener %s did not answer in time", gateway.upstream)
+        return _json({"error": {"code": "service_unavailable", "message": "the portal's web listener did not "
+                                "answer in time"}}, {"Retry-After": "5"}, 503)
     except (OSError, ClientError) as exc:
         logger.warning("the web listener %s is unreachable: %s", gateway.upstream, type(exc).__name__)
         return _json({"error": {"code": "service_unavailable", "message": "the portal's web listener is "
