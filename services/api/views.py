@@ -19,6 +19,7 @@ from portal.errors import BadRequest
 from services import delivery, registry, saes
 from services.models import KeyStream, QkdNode, Sae
 from tenants.api.base import TenantAPIView, TenantScopedViewSet
+from tenants.authentication import TOKEN_ONLY
 
 from .etsi014 import key_response
 from .serializers import (
@@ -132,6 +133,8 @@ MODES = ["end-to-end", "per-hop"]
 class SimpleKeyView(TenantAPIView):
     """The simple REST interface for scripts: one call for a key, one for its peer copy."""
 
+    authentication_classes = TOKEN_ONLY  # a GET that draws metered keys: no browser session (cross-site links)
+
     read_scope = "keys:write"  # getting a fresh key takes it out of the pool and is metered
 
     @extend_schema(
@@ -184,6 +187,7 @@ class SimpleKeyView(TenantAPIView):
 
 
 class SimplePeerKeyView(TenantAPIView):
+    authentication_classes = TOKEN_ONLY  # a GET that uses up the peer's copy: no browser session
     read_scope = "keys:read"
 
     @extend_schema(summary="Get the peer copy of a key by its ID (the slave side)", responses=SimpleKeySerializer,

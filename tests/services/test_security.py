@@ -171,3 +171,20 @@ def test_insecure_http_accepts_loopback_topologies(tmp_path, address):
 
     text = (ROOT / "services/sdqkd/topologies/line-8.yaml").read_text().replace("'127.0.0.1:8411'", f"'{address}'")
     Twin(parse_topology(text), tmp_path / "twin", insecure=True)
+
+
+# --- 7. GETs that take keys out of the network answer API tokens only, never a browser's cookie ---------------------
+
+def test_key_gets_refuse_session_authentication(make_lab):
+    from tenants.models import UsageRecord
+
+    lab = make_lab("upm")
+    browser = Client()
+    browser.force_login(lab.owner)  # a cross-site link would carry this cookie
+    response = browser.get("/api/qkd/keys?src=CAIT&dst=Rectorado")
+    assert response.status_code == 401, response.content
+    assert "token" in response.json()["error"]["message"]
+    assert browser.get("/api/qkd/keys/some-key-id").status_code == 401
+    assert not UsageRecord.objects.for_tenant(lab.tenant).exists()
+    assert browser.get("/api/saes/").status_code == 200  # reading pages' data with the session still works
+    assert lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado").status_code == 200  # curl with a token
