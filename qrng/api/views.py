@@ -10,7 +10,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.errors import error_body
+from portal.errors import error_body, sees_internal
 from qrng import delivery, formats, quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from qrng.service import SIMULATED_NOTICE, provenance_body, provenance_headers
@@ -205,7 +205,7 @@ class CapabilitiesView(EntropyViewMixin, TenantAPIView):
         responses={200: CapabilitiesSerializer, 403: ERRORS[403]},
     )
     def get(self, request):
-        body = runtime.capabilities()
+        body = runtime.capabilities(include_internal=sees_internal(request))  # source locations: operators only
         return Response(body, headers={"X-Entropy-Simulated": "true" if body["any_simulated"] else "false"})
 
 

@@ -15,7 +15,7 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from portal.errors import BadRequest
+from portal.errors import BadRequest, sees_internal
 from services import delivery, registry, saes
 from services.models import KeyStream, QkdNode, Sae
 from tenants.api.base import TenantAPIView, TenantScopedViewSet
@@ -118,7 +118,11 @@ class NodeListView(TenantAPIView):
                    responses=QkdNodeSerializer(many=True))
     def get(self, request):
         registry.ensure_twin_registered()
-        return Response(QkdNodeSerializer(QkdNode.objects.filter(enabled=True), many=True).data)
+        nodes = QkdNodeSerializer(QkdNode.objects.filter(enabled=True), many=True).data
+        if not sees_internal(request):  # KME addresses are the operator's internals
+            for node in nodes:
+                node.pop("kme_url", None)
+        return Response(nodes)
 
 
 def _sae_or_node(tenant, value: str) -> Sae:

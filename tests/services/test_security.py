@@ -188,3 +188,73 @@ def test_key_gets_refuse_session_authentication(make_lab):
     assert not UsageRecord.objects.for_tenant(lab.tenant).exists()
     assert browser.get("/api/saes/").status_code == 200  # reading pages' data with the session still works
     assert lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado").status_code == 200  # curl with a token
+
+
+# --- 11. internal details (KME URLs and messages, probe errors) only for operators; tenants get a code and an ID --
+
+def _operator_session(make_user) -> Client:
+    from allauth.mfa.models import Authenticator
+
+    staff = make_user("root", staff=True)
+    Authenticator.objects.create(user=staff, type=Authenticator.Type.TOTP, data={"secret": "x"})
+    browser = Client()
+    browser.force_login(staff)
+    return browser
+
+
+def test_the_node_list_shows_kme_urls_to_operators_only(make_lab, make_user, client_for):
+    lab = make_lab("upm")
+    nodes = lab.client.get("/api/qkd/nodes/").json()
+    assert nodes and all("kme_url" not in n for n in nodes)
+    nodes = _operator_session(make_user).get("/api/qkd/nodes/?tenant=upm").json()
+    assert all(n["kme_url"].startswith("https://") for n in nodes)
+    # a staff member's token without the operator scope is a tenant's view
+    staff_token = client_for(make_user("helper", staff=True), lab.tenant, ["keys:read"])
+    assert all("kme_url" not in n for n in staff_token.get("/api/qkd/nodes/").json())
+
+
+def test_readyz_tells_anonymous_callers_no_exception_text(db, monkeypatch, make_user):
+    from portal import health
+
+    def broken() -> str:
+        raise RuntimeError("could not connect to postgres://qxaas:hunter2@10.1.2.3/qxaas")
+
+    monkeypatch.setitem(health.READINESS_CHECKS, "database", broken)  # failure injection: a database that is down
+    response = Client().get("/readyz")
+    assert response.status_code == 503 and response.json()["code"] == "not_ready"
+    assert "hunter2" not in response.content.decode() and "10.1.2.3" not in response.content.decode()
+    detail = _operator_session(make_user).get("/readyz").json()  # operators see which check failed and why
+    assert detail["checks"]["database"]["ok"] is False and "RuntimeError" in detail["checks"]["database"]["error"]
+
+
+def test_kme_errors_reach_tenants_as_a_code_and_a_request_id(make_lab, make_user, monkeypatch, caplog):
+    from portal.logs import ContextFilter
+    from services.sdqkd.client import KmeClient, KmeRejected, KmeUnavailable
+
+    caplog.handler.addFilter(ContextFilter())  # as the portal's log handlers do: each record names its request
+    lab = make_lab("upm")
+    secret_words = "backend SAE portal-sae-cait-7 at https://10.9.8.7:8443 said no"
+
+    def rejected(self, *args, **kwargs):  # failure injection: the KME refuses (its words name internals)
+        raise KmeRejected(secret_words, status=400)
+
+    monkeypatch.setattr(KmeClient, "enc_keys", rejected)
+    response = lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado")
+    assert response.status_code in (400, 503), response.content
+    error = response.json()["error"]
+    assert secret_words not in response.content.decode() and "10.9.8.7" not in response.content.decode()
+    assert error["code"] == "kme_rejected" and error["request_id"] == response["X-Request-ID"]
+    assert "internal" not in error
+    assert any(getattr(r, "request_id", None) == error["request_id"] and secret_words in r.getMessage()
+               for r in caplog.records)  # the operator finds the KME's words under the tenant's request ID
+
+    def down(self, *args, **kwargs):
+        raise KmeUnavailable(secret_words)
+
+    monkeypatch.setattr(KmeClient, "enc_keys", down)
+    response = lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado")
+    assert response.status_code == 503 and secret_words not in response.content.decode()
+    assert response.json()["error"]["code"] == "kme_unavailable"
+    # ETSI 014 (token + X-SAE-ID on the web listener): the ETSI error shape, no KME words either
+    response = lab.etsi("upm-cait", "get", "upm-rect/enc_keys")
+    assert response.status_code == 503 and secret_words not in response.content.decode()
