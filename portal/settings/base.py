@@ -55,8 +55,35 @@ def _persistent_secret(name: str, nbytes: int = 48) -> str:
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="") or _persistent_secret("secret_key")
-# Seals the key IDs tenants see (services.keyids); changing it makes the key IDs handed out before unknown.
-KEY_ID_SECRET = env.str("KEY_ID_SECRET", default="") or SECRET_KEY
+
+
+def _versioned(value: str, name: str) -> dict[int, str]:
+    """``"id:secret,id:secret"`` as {id: secret}; empty secrets refused."""
+    try:
+        parsed = {int(k): v for k, v in (item.split(":", 1) for item in value.split(",") if item)}
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be 'id:secret,id:secret' with integer ids") from None
+    if not parsed or not all(parsed.values()):
+        raise ImproperlyConfigured(f"{name} needs 'id:secret' pairs with non-empty secrets")
+    return parsed
+
+
+def _key_id_secrets(value: str) -> dict[int, str]:
+    """KEY_ID_SECRETS: versioned, versions >= 0 that differ modulo 16 (a key ID carries its version mod 16)."""
+    parsed = _versioned(value, "KEY_ID_SECRETS")
+    if min(parsed) < 0 or len({v % 16 for v in parsed}) != len(parsed):
+        raise ImproperlyConfigured("KEY_ID_SECRETS versions must be >= 0 and differ modulo 16 (at most 16 listed)")
+    return parsed
+
+
+# Seal the key IDs tenants see (services.keyids): "version:secret,..."; new IDs carry and use the highest version,
+# older versions are kept to open the IDs handed out before a rotation. A secret of its own, not SECRET_KEY: the
+# embedded default generates one and keeps SECRET_KEY as version 0 only so IDs sealed by earlier releases (which
+# used SECRET_KEY) still open. KEY_ID_SECRET (one secret, earlier releases) is still read, as version 1.
+_key_id_env = env.str("KEY_ID_SECRETS", default="") or (
+    f"1:{env.str('KEY_ID_SECRET')}" if env.str("KEY_ID_SECRET", default="") else "")
+KEY_ID_SECRETS = (_key_id_secrets(_key_id_env) if _key_id_env
+                  else {0: SECRET_KEY, 1: _persistent_secret("key_id_secret")})
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -66,9 +93,7 @@ HEALTH_TOKEN = env.str("HEALTH_TOKEN", default="") or _persistent_secret("health
 # API token peppers: "id:secret,id:secret"; new tokens use the highest id, old ones keep verifying
 # with the pepper they were hashed with, so a pepper can be rotated without invalidating tokens.
 _peppers = env.str("API_TOKEN_PEPPERS", default="") or f"1:{_persistent_secret('token_pepper')}"
-API_TOKEN_PEPPERS = {int(k): v for k, v in (item.split(":", 1) for item in _peppers.split(",") if item)}
-if not API_TOKEN_PEPPERS or not all(API_TOKEN_PEPPERS.values()):
-    raise ImproperlyConfigured("API_TOKEN_PEPPERS needs 'id:secret' pairs with non-empty secrets")
+API_TOKEN_PEPPERS = _versioned(_peppers, "API_TOKEN_PEPPERS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -258,3 +258,60 @@ def test_kme_errors_reach_tenants_as_a_code_and_a_request_id(make_lab, make_user
     # ETSI 014 (token + X-SAE-ID on the web listener): the ETSI error shape, no KME words either
     response = lab.etsi("upm-cait", "get", "upm-rect/enc_keys")
     assert response.status_code == 503 and secret_words not in response.content.decode()
+
+
+# --- 9. key-ID secrets: separate from SECRET_KEY, versioned (the version in the ID), required in production -------
+
+def test_key_ids_survive_a_rotation_of_the_key_id_secret(settings):
+    from services import keyids
+
+    settings.KEY_ID_SECRETS = {1: "the first key-ID secret"}
+    old = keyids.seal(7, 3)
+    settings.KEY_ID_SECRETS = {1: "the first key-ID secret", 2: "the second key-ID secret"}
+    new = keyids.seal(7, 3)
+    assert {k[0] for k in old} == {"1"} and {k[0] for k in new} == {"2"}  # the version is the first hex digit
+    assert keyids.open_ids(old + new) == [(7, 0), (7, 1), (7, 2)] * 2
+    settings.KEY_ID_SECRETS = {2: "the second key-ID secret"}  # version 1 retired: its IDs are unknown now
+    assert keyids.open_ids(old) == [None] * 3 and keyids.open_ids(new) == [(7, 0), (7, 1), (7, 2)]
+    settings.KEY_ID_SECRETS = {2: "the second key-ID secret", 17: "the third"}  # 17 = 1 (mod 16): slot reused
+    assert {k[0] for k in keyids.seal(7, 3)} == {"1"}
+    assert keyids.open_ids(new + keyids.seal(7, 1)) == [(7, 0), (7, 1), (7, 2), (7, 0)]
+    assert keyids.open_ids(old) == [None] * 3  # the retired version 1 does not open under version 17's key
+
+
+def test_ids_of_the_unversioned_scheme_open_under_a_listed_secret(settings):
+    """Keys charged before the upgrade (sealed with SECRET_KEY or KEY_ID_SECRET, no version in the ID) stay
+    fetchable while that secret is listed as an older version."""
+    from services import keyids
+
+    settings.KEY_ID_SECRETS = {0: "what SECRET_KEY was"}
+    before = [keyids.seal_v1(99, 4), keyids.seal_legacy(99, 5)]
+    settings.KEY_ID_SECRETS = {0: "what SECRET_KEY was", 1: "a key-ID secret of its own"}
+    assert keyids.open_ids(before + keyids.seal(99, 1)) == [(99, 4), (99, 5), (99, 0)]
+    settings.KEY_ID_SECRETS = {1: "a key-ID secret of its own"}
+    assert keyids.open_ids(before) == [None, None]
+
+
+def test_the_key_id_secret_is_not_the_secret_key():
+    from django.conf import settings as live
+
+    assert live.KEY_ID_SECRETS[max(live.KEY_ID_SECRETS)] != live.SECRET_KEY
+
+
+def _production_check(tmp_path, **extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("KEY_ID_SECRETS", "KEY_ID_SECRET")}
+    env.update(DJANGO_SETTINGS_MODULE="portal.settings.production", QXAAS_VAR_DIR=str(tmp_path),
+               SECRET_KEY="s" * 60, API_TOKEN_PEPPERS="1:" + "p" * 40, ALLOWED_HOSTS="qxaas.example.org", **extra)
+    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_production_requires_its_own_key_id_secrets(tmp_path):
+    result = _production_check(tmp_path)
+    assert result.returncode != 0 and "KEY_ID_SECRETS" in result.stderr
+    result = _production_check(tmp_path, KEY_ID_SECRETS="1:" + "s" * 60)  # the SECRET_KEY again
+    assert result.returncode != 0 and "must not reuse SECRET_KEY" in result.stderr
+    result = _production_check(tmp_path, KEY_ID_SECRETS=f"1:{'k' * 40},17:{'j' * 40}")  # one slot, two versions
+    assert result.returncode != 0 and "differ modulo 16" in result.stderr
+    # SECRET_KEY as an older version (to open IDs an earlier release sealed with it) is allowed
+    assert _production_check(tmp_path, KEY_ID_SECRETS=f"0:{'s' * 60},1:{'k' * 40}").returncode == 0

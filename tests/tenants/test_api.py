@@ -202,7 +202,7 @@ def test_docs_are_served_without_a_cdn():
 def test_check_deploy_is_clean_with_production_settings(tmp_path):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.production",
            "SECRET_KEY": "x" * 20 + "a-real-secret-key-of-enough-entropy-0123456789",
-           "API_TOKEN_PEPPERS": "1:" + "p" * 40, "QXAAS_VAR_DIR": str(tmp_path),
+           "API_TOKEN_PEPPERS": "1:" + "p" * 40, "KEY_ID_SECRETS": "1:" + "k" * 40, "QXAAS_VAR_DIR": str(tmp_path),
            "ALLOWED_HOSTS": "qxaas.example.org"}
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
