@@ -315,3 +315,37 @@ def test_production_requires_its_own_key_id_secrets(tmp_path):
     assert result.returncode != 0 and "differ modulo 16" in result.stderr
     # SECRET_KEY as an older version (to open IDs an earlier release sealed with it) is allowed
     assert _production_check(tmp_path, KEY_ID_SECRETS=f"0:{'s' * 60},1:{'k' * 40}").returncode == 0
+
+
+# --- 8. the gateway's voucher for a client certificate is bound to the request and fresh -----------------------------
+
+def test_the_gateway_voucher_is_bound_to_serial_method_path_and_time(make_lab):
+    import hashlib
+    import hmac
+
+    from django.conf import settings
+
+    lab = make_lab("upm")
+    serial = Sae.objects.for_tenant(lab.tenant).get(name="upm-cait").cert_serial
+    path = "/api/v1/keys/upm-rect/status"
+    web = Client()
+    # the static header of old: whoever saw it once (a proxy's log) could claim any certificate, forever
+    static = hmac.new(settings.SECRET_KEY.encode(), b"qxaas key gateway: verified client certificate",
+                      hashlib.sha256).hexdigest()
+    assert web.get(path, HTTP_X_GATEWAY_CLIENT_SERIAL=serial, HTTP_X_GATEWAY_SECRET=static).status_code == 401
+
+    from services.authentication import make_voucher
+
+    def get(voucher: str, target: str = path, claimed: str = serial):
+        return web.get(target, HTTP_X_GATEWAY_CLIENT_SERIAL=claimed, HTTP_X_GATEWAY_VOUCHER=voucher).status_code
+
+    assert get(make_voucher(serial, "GET", path)) == 200
+    assert get(make_voucher(serial, "POST", path)) == 401  # another method
+    assert get(make_voucher(serial, "GET", "/api/v1/keys/upm-cait/status")) == 401  # another path
+    other = Sae.objects.for_tenant(lab.tenant).get(name="upm-rect").cert_serial
+    assert get(make_voucher(other, "GET", path)) == 401  # another certificate
+    assert get(make_voucher(serial, "GET", path, now=time.time() - 120)) == 401  # stale
+    tampered = make_voucher(serial, "GET", path)
+    assert get(tampered[:-1] + ("0" if tampered[-1] != "0" else "1")) == 401  # tampered
+    once = make_voucher(serial, "GET", path)
+    assert get(once) == 200 and get(once) == 401  # used once: a voucher seen on the wire cannot be replayed
