@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import ssl
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -177,14 +178,42 @@ elif _db["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, Celery ---------------------------------------------------------------------------
+# Redis is a trust boundary (docs/operations.md): AUTH/ACL in the URL (redis://user:password@host:6379/0), TLS with
+# rediss:// (the CA, a client certificate and key in the query: ?ssl_ca_certs=/etc/qxaas/redis-ca.pem&
+# ssl_certfile=...&ssl_keyfile=...; certificates are verified unless the URL says ssl_cert_reqs=none), or a unix
+# socket (unix://user:password@/run/redis/redis.sock?db=0). One URL serves the cache, the rate limits, the
+# entropy pool and, by default, the Celery broker.
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"serializer": "portal.cache.JSONSerializer"},  # never pickle what Redis hands back
+        "VERSION": 2,  # the keys of the JSON era: values pickled by earlier releases are never read
+    }}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+
+def _kombu_redis_url(url: str) -> str:
+    """The broker URL for a Redis URL: kombu spells a unix socket ``redis+socket://`` (db as virtual_host)."""
+    if not url.startswith("unix://"):
+        return url
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", ["0"])[0]
+    return f"redis+socket://{parts.netloc}{parts.path}?virtual_host={db}"
+
+
+def _verified_tls(url: str | None) -> dict | None:
+    """kombu and Celery's Redis result backend take a rediss:// URL without ssl_* query parameters as "TLS without
+    certificate checks"; the portal verifies unless the URL itself says otherwise."""
+    if not url or not url.startswith("rediss://") or "ssl_" in urlsplit(url).query:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
 CELERY_DATA_DIR = VAR_DIR / "celery"
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL or "filesystem://"
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or _kombu_redis_url(REDIS_URL) or "filesystem://"
+CELERY_BROKER_USE_SSL = _verified_tls(CELERY_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Embedded default: kombu's filesystem transport, a real broker with no server to install.
@@ -198,6 +227,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(CELERY_DATA_DIR / "control"),  # kombu's default is ./control in the cwd
     }
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+CELERY_REDIS_BACKEND_USE_SSL = _verified_tls(CELERY_RESULT_BACKEND)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
