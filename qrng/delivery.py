@@ -55,10 +55,10 @@ def as_api_error(exc: Exception) -> ApiError:
     status = http_status(exc)
     if status == 400:
         return BadRequest(str(exc))
-    if status == 503:
+    if status == 503:  # the source's path or appliance address is for operators (and the log) only
         seconds = retry_after(exc) or 5
-        return ServiceUnavailable(str(exc), headers={"Retry-After": str(seconds)},
-                                  details={"retry_after_seconds": seconds})
+        return ServiceUnavailable(runtime.redact(str(exc)), headers={"Retry-After": str(seconds)},
+                                  details={"retry_after_seconds": seconds}, internal=str(exc))
     raise exc
 
 

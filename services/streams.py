@@ -128,7 +128,8 @@ def backend(node: QkdNode) -> Kme004Client:
 
 def _backend_error(exc: KmeRejected | KmeUnavailable, node: QkdNode) -> ServiceUnavailable:
     # The caller's input was validated here first: a refusal by the KME is the backend's state, not the caller's.
-    return ServiceUnavailable(f"the KME of {node.node_id} cannot serve the key stream now: {exc.message}")
+    return ServiceUnavailable(f"the KME of {node.node_id} cannot serve the key stream now", code="kme_unavailable",
+                              internal=exc.message)
 
 
 def _side(stream: KeyStream, caller: Sae) -> str:
@@ -447,7 +448,8 @@ def lost_at_backend(stream: KeyStream, node: QkdNode, exc: KmeRejected) -> dict[
     SAEs could no longer agree on the stream's chunks. The stream ends here too, its ``key_streams`` slot is
     released (once, by ``orders.finish``), and the SAE is told with 004 status 4 (no QKD connection); it may open
     a new stream."""
-    if orders.finish(stream, KeyStream.State.CLOSED, f"lost at the KME of {node.node_id}: {exc.message}"[:500]):
+    # The stream's reason is shown to its tenant: the KME's own words go to the log only.
+    if orders.finish(stream, KeyStream.State.CLOSED, f"lost at the KME of {node.node_id} (KME restart)"):
         log.warning("key stream %s ended: the KME of %s no longer knows it (%s)", stream.ksid, node.node_id,
                     exc.message)
     return _answer(stream, client004.NO_QKD_CONNECTION,

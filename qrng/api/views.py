@@ -8,16 +8,20 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRespo
 from rest_framework import mixins, permissions, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from portal.errors import error_body
+from portal.errors import error_body, sees_internal
 from qrng import delivery, formats, quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from qrng.service import SIMULATED_NOTICE, provenance_body, provenance_headers
 from qrng.sources import EntropySourceError
 from tenants.api.base import IsOperator, TenantAPIView, TenantScopedViewSet
-from tenants.authentication import ApiKeyHeaderAuthentication
+from tenants.authentication import (
+    TOKEN_ONLY,
+    ApiKeyHeaderAuthentication,
+    BearerTokenAuthentication,
+    SessionRefused,
+)
 
 from .serializers import (
     AnuQuerySerializer,
@@ -98,6 +102,8 @@ ENTROPY_PARAMETERS = [
 
 
 class EntropyView(EntropyViewMixin, TenantAPIView):
+    authentication_classes = TOKEN_ONLY  # a GET that draws metered entropy: no browser session (cross-site links)
+
     @extend_schema(
         summary="Draw health-tested QRNG entropy in a format (raw bytes streamed for curl -o)",
         description=(
@@ -147,7 +153,7 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
 class AnuView(EntropyViewMixin, TenantAPIView):
     """ANU QRNG compatible: existing ANU clients work by changing the base URL (and sending a token)."""
 
-    authentication_classes = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, ApiKeyHeaderAuthentication]
+    authentication_classes = [BearerTokenAuthentication, ApiKeyHeaderAuthentication, SessionRefused]
 
     @extend_schema(
         summary="ANU QRNG compatible entropy: {type, length, data, success}",
@@ -205,7 +211,7 @@ class CapabilitiesView(EntropyViewMixin, TenantAPIView):
         responses={200: CapabilitiesSerializer, 403: ERRORS[403]},
     )
     def get(self, request):
-        body = runtime.capabilities()
+        body = runtime.capabilities(include_internal=sees_internal(request))  # source locations: operators only
         return Response(body, headers={"X-Entropy-Simulated": "true" if body["any_simulated"] else "false"})
 
 

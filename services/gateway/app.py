@@ -34,7 +34,14 @@ from django.db import DatabaseError, connections
 
 from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
-from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
+from services.authentication import (
+    AUTHENTICATE_HEADER,
+    SECRET_HEADER,
+    SERIAL_HEADER,
+    VOUCHER_HEADER,
+    etsi_caller,
+    make_voucher,
+)
 from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body, standard_status
 from services.gateway import metrics as gateway_metrics
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
@@ -44,7 +51,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
-SECRET_HEADERS = {SERIAL_HEADER.lower(), SECRET_HEADER.lower()}
+SECRET_HEADERS = {SERIAL_HEADER.lower(), SECRET_HEADER.lower(), VOUCHER_HEADER.lower()}
 FORWARD_SET = {"x-forwarded-proto", "x-forwarded-for"}  # set by the gateway, never the client's
 
 
@@ -242,7 +249,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     headers = [(k, v) for k, v in request.headers.items() if _forwardable(k) and k.lower() not in FORWARD_SET]
     headers += [("X-Forwarded-Proto", "https"), ("X-Forwarded-For", request.remote or ""), ("Host", request.host)]
     if serial:
-        headers += [(SERIAL_HEADER, serial), (SECRET_HEADER, gateway_secret())]
+        # vouches for this certificate on this one request (method and target as forwarded), for a few seconds
+        headers += [(SERIAL_HEADER, serial),
+                    (VOUCHER_HEADER, make_voucher(serial, request.method, request.rel_url.raw_path_qs))]
     try:
         async with gateway.proxy_session.request(request.method, gateway.upstream + request.rel_url.raw_path_qs,
                                                  headers=headers, data=await request.read(),
