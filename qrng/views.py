@@ -7,9 +7,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
-from portal.errors import ApiError
+from portal.errors import ApiError, sees_internal
 from qrng import delivery, formats, quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from qrng.service import provenance_headers
@@ -37,7 +37,7 @@ def entropy_page(request: HttpRequest) -> HttpResponse:
             messages.error(request, exc.message)
         except ValueError:
             messages.error(request, "bytes must be a whole number")
-    capabilities = runtime.capabilities()
+    capabilities = runtime.capabilities(include_internal=sees_internal(request))
     context = {
         "tenant_context": ctx,
         "capabilities": capabilities,
@@ -54,17 +54,21 @@ WEB_DOWNLOAD_FORMATS = ("raw", "hex", "base64")
 
 
 @login_required
+@require_POST
 def entropy_download(request: HttpRequest) -> HttpResponse:
-    """Download entropy from the page (signed in): the API's metered stream, as a file."""
+    """Download entropy from the page (signed in): the API's metered stream, as a file.
+
+    A POST with the CSRF token, never a GET: a cross-site link must not spend a signed-in user's quota (the
+    API's entropy GETs refuse browser sessions for the same reason)."""
     ctx = web_tenant(request)
     try:
         if ctx is None or "entropy:read" not in ctx.scopes:
             raise ApiError("your role cannot draw entropy")
-        encoding = request.GET.get("format", "raw")
+        encoding = request.POST.get("format", "raw")
         if encoding not in WEB_DOWNLOAD_FORMATS:
             raise ApiError(f"format must be one of {', '.join(WEB_DOWNLOAD_FORMATS)}")
         try:
-            n = int(request.GET.get("bytes", ""))
+            n = int(request.POST.get("bytes", ""))
         except ValueError:
             raise ApiError("bytes must be a whole number") from None
         if not 1 <= n <= formats.MAX_STREAM_BYTES:

@@ -162,14 +162,22 @@ def _own_database(database_url: str) -> tuple[str, Callable[[], None]]:
     return urllib.parse.urlunsplit(parts._replace(path="/" + name)), drop
 
 
+def own_redis_db(redis_url: str) -> str:
+    """The same Redis server, database ``REDIS_DB``: ``redis://host:port/N`` or ``unix://…sock?db=N``."""
+    parts = urllib.parse.urlsplit(redis_url)
+    if parts.scheme == "unix":
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode({**query, "db": REDIS_DB})))
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+
+
 @pytest.fixture(scope="session")
 def portal_stack() -> Iterator[PortalStack]:
     database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
     if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:
         pytest.skip("browser tests run the stack on the suite's PostgreSQL and Redis (DATABASE_URL, REDIS_URL)")
     own_db, drop_db = _own_database(database_url)
-    redis_parts = urllib.parse.urlsplit(redis_url)
-    own_redis = urllib.parse.urlunsplit(redis_parts._replace(path=f"/{REDIS_DB}"))
+    own_redis = own_redis_db(redis_url)
     import redis
 
     redis.Redis.from_url(own_redis).flushdb()

@@ -176,8 +176,8 @@ def test_usage_page_filters_charts_and_exports_csv(researcher, portal_stack):
 
 def test_a_quality_report_shows_progress_then_its_result(researcher):
     researcher.get("/entropy/")
-    researcher.find("form[method=post] #r-bytes")
-    researcher.find("form[method=post] button[type=submit]").click()
+    researcher.find("#quality-form #r-bytes")
+    researcher.find("#quality-form button[type=submit]").click()
     researcher.wait_until(lambda: "/entropy/quality/" in researcher.driver.current_url, what="the report's page")
     assert researcher.find("#report-live h2").text.startswith("State:")
     # the page updates itself (no reload) from queued/running to done, with the result and the p-value plot

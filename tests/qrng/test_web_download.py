@@ -25,11 +25,12 @@ def web(user) -> Client:
 def test_entropy_download_from_the_page_meters_and_bad_input_spends_nothing(lab_with_entropy):
     lab = lab_with_entropy
     browser = web(lab.owner)
-    for query in ("bytes=0", "bytes=lots", "bytes=10&format=pdf", f"bytes={(1 << 30) + 1}"):
-        response = browser.get(f"/entropy/download?{query}")
-        assert response.status_code == 302, query
+    assert browser.get("/entropy/download?bytes=4096").status_code == 405  # never a GET: cross-site links
+    for form in ({"bytes": "0"}, {"bytes": "lots"}, {"bytes": "10", "format": "pdf"}, {"bytes": str((1 << 30) + 1)}):
+        response = browser.post("/entropy/download", form)
+        assert response.status_code == 302, form
     assert not UsageRecord.objects.for_tenant(lab.tenant).filter(meter="entropy_bytes").exists()
-    response = browser.get("/entropy/download?bytes=4096&format=raw")
+    response = browser.post("/entropy/download", {"bytes": "4096", "format": "raw"})
     assert response.status_code == 200 and len(b"".join(response.streaming_content)) == 4096
     assert response["Content-Disposition"].startswith("attachment;")
     assert UsageRecord.objects.for_tenant(lab.tenant).get(meter="entropy_bytes").quantity == 4096
@@ -38,7 +39,7 @@ def test_entropy_download_from_the_page_meters_and_bad_input_spends_nothing(lab_
 def test_dashboard_fragment_and_usage_page_filters(lab_with_entropy):
     lab = lab_with_entropy
     browser = web(lab.owner)
-    assert len(browser.get("/entropy/download?bytes=2048&format=hex").getvalue()) == 4096
+    assert len(browser.post("/entropy/download", {"bytes": "2048", "format": "hex"}).getvalue()) == 4096
     fragment = browser.get("/fragments/usage/?period=week").content.decode()
     assert 'data-quota="entropy_bytes.day" data-used="2048"' in fragment and 'data-total="2048"' in fragment
     assert "<html" not in fragment
