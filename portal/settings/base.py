@@ -153,6 +153,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, Celery ---------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# The key gateway caches SAE certificate identities, invalidated through Redis on any change (services.identities).
+KEY_GATEWAY_IDENTITY_CACHE = env.bool("KEY_GATEWAY_IDENTITY_CACHE", default=True)
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
