@@ -25,9 +25,9 @@ from portal.errors import BadRequest, Forbidden
 from tenants.authentication import bearer_token
 from tenants.tenancy import TenantContext, resolve_tenant
 
-from . import identities, pki
+from . import pki
 from .models import Sae
-from .saes import sae_for_certificate_serial
+from .saes import cached_sae_for_certificate_serial, sae_for_certificate_serial
 
 SERIAL_HEADER = "X-Gateway-Client-Serial"
 SECRET_HEADER = "X-Gateway-Secret"  # noqa: S105 - a header name
@@ -99,7 +99,7 @@ def etsi_caller(certificate_serial: str | None, authorization: str | None, sae_n
     the SAE of a current certificate, else an API token with ``scope`` naming one of its tenant's SAEs in
     ``X-SAE-ID``; the tenant decided by ``resolve_tenant`` (a suspended one refused). Also returns the
     caller's rate-limit identity (the one ``TokenRateThrottle`` uses)."""
-    sae = identities.sae_for_certificate_serial(certificate_serial)  # cached, invalidated on any change
+    sae = cached_sae_for_certificate_serial(certificate_serial)  # cached, dropped on any change
     if sae is not None:
         resolve_tenant(SimpleNamespace(user=SaePrincipal(sae), auth=sae))
         return sae, f"user:{SaePrincipal(sae).pk}"

@@ -165,6 +165,14 @@ def sae_of_certificate_row(row: tuple | None) -> Sae | None:
     return _sae_of_row(row, None)
 
 
+def cached_sae_for_certificate_serial(serial_hex: str | None) -> Sae | None:
+    """``sae_for_certificate_serial`` through the key gateway's identity cache (``services.identities``: dropped
+    on every process when an identity changes); fresh model instances each time, never shared."""
+    if not serial_hex:
+        return None
+    return sae_of_certificate_row(identities.row(serial_hex, sae_row_for_certificate_serial))
+
+
 def sae_for_certificate_serial(serial_hex: str) -> Sae | None:
     """The SAE whose current certificate has this serial (authentication decides the tenant from it), with its
     node and tenant, in one query."""
