@@ -5,7 +5,8 @@ It does what the key gateway does on the wire (TLS in, one kept-alive TLS call t
 ``AsyncKmeClient``, orjson out, aiohttp on uvloop) and nothing of the rest: no authentication, no rate limit,
 no quota, no ledger, no key-ID records, no database. The gap direct -> bare is the cost of one more HTTP hop
 through a Python process on this machine; bare -> portal is the cost of what the issue asks the gateway to do.
-Not part of the product: it serves one backend SAE pair, to anybody who can reach it.
+Not part of the product: it serves one backend SAE (``enc_keys`` as the master, ``dec_keys`` as the slave), to
+anybody who can reach it. Several processes may share the port (SO_REUSEPORT), as the key gateway's do.
 
     python bench/bare_proxy.py --port P --kme URL --master SAE --cert C --key K --ca CA \\
         --server-cert SC --server-key SK
@@ -50,12 +51,23 @@ def main() -> int:
             return web.Response(body=orjson.dumps({"keys": [{"key_ID": k.key_id, "key": k.key} for k in keys]}),
                                 content_type="application/json")
 
+        async def dec_keys(request: web.Request) -> web.Response:
+            body = orjson.loads(await request.read() or b"{}")
+            try:
+                keys = await kme.dec_keys(request.match_info["master"], [k["key_ID"] for k in body["key_IDs"]])
+            except (KmeRejected, KmeUnavailable) as exc:
+                return web.Response(body=orjson.dumps({"message": exc.message}), status=503,
+                                    content_type="application/json")
+            return web.Response(body=orjson.dumps({"keys": [{"key_ID": k.key_id, "key": k.key} for k in keys]}),
+                                content_type="application/json")
+
         app = web.Application()
         app.router.add_post("/api/v1/keys/{slave}/enc_keys", enc_keys)
+        app.router.add_post("/api/v1/keys/{master}/dec_keys", dec_keys)
         app.router.add_get("/ready", lambda _request: web.Response(text="ok"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=server).start()
+        await web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=server, reuse_port=True).start()
         await asyncio.Event().wait()
 
     try:

@@ -344,9 +344,10 @@ class Bench(ExitStack):
         entry = self.endpoints["saes"][backend_master]
         return url, tls_context(self.endpoints["ca"], entry["cert"], entry["key"])
 
-    def bare_proxy(self, backend_master: str, backend_slave: str) -> tuple[str, ssl.SSLContext]:
-        """``enc_keys`` through ``bench/bare_proxy.py`` (one more hop, none of the gateway's work), started
-        once per backend master and stopped on exit."""
+    def bare_proxy(self, backend_master: str, backend_slave: str, call: str = "enc_keys") -> tuple[str, ssl.SSLContext]:
+        """``enc_keys`` (or ``dec_keys``, ``backend_master`` then being the slave) through ``bench/bare_proxy.py``
+        (one more hop, none of the gateway's work): as many processes on one port as the portal's gateway has
+        workers, started once per backend SAE and stopped on exit."""
         from services import pki
 
         proxies = self.__dict__.setdefault("_bare_proxies", {})
@@ -355,12 +356,13 @@ class Bench(ExitStack):
             entry = self.endpoints["saes"][backend_master]
             cert, key = pki.server_certificate()
             port = free_port()
-            proc = subprocess.Popen(
-                [sys.executable, str(REPO / "bench" / "bare_proxy.py"), "--port", str(port),
-                 "--kme", self.endpoints["nodes"][node]["url"], "--master", backend_master, "--cert", entry["cert"],
-                 "--key", entry["key"], "--ca", self.endpoints["ca"], "--server-cert", str(cert),
-                 "--server-key", str(key)], cwd=REPO)
-            self.callback(stop_process, proc)
+            for _ in range(self.args[1]):  # the portal's gateway processes
+                proc = subprocess.Popen(
+                    [sys.executable, str(REPO / "bench" / "bare_proxy.py"), "--port", str(port),
+                     "--kme", self.endpoints["nodes"][node]["url"], "--master", backend_master, "--cert",
+                     entry["cert"], "--key", entry["key"], "--ca", self.endpoints["ca"], "--server-cert", str(cert),
+                     "--server-key", str(key)], cwd=REPO)
+                self.callback(stop_process, proc)
             ctx = ssl.create_default_context(cafile=self.portal.ca)
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:
@@ -374,7 +376,7 @@ class Bench(ExitStack):
                     time.sleep(0.1)
             proxies[backend_master] = (f"https://127.0.0.1:{port}", ctx)
         base, ctx = proxies[backend_master]
-        return f"{base}/api/v1/keys/{backend_slave}/enc_keys", ctx
+        return f"{base}/api/v1/keys/{backend_slave}/{call}", ctx
 
     def through_portal(self, master: str, slave: str, call: str = "enc_keys") -> tuple[str, ssl.SSLContext]:
         """A tenant SAE's ETSI 014 URL at the portal, with its portal-issued client certificate."""

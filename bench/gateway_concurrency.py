@@ -3,7 +3,9 @@
 Each tenant has a master SAE at CAIT and a slave SAE at CCS (keys over the cait-ccs link store). Each client
 runs a bounded number of rounds: ``enc_keys`` (one 256-bit key) as the master, then ``dec_keys`` for that key
 ID as the slave, and compares the two keys. The same pattern runs direct to the twin's KMEs (backend SAEs
-sae-cait-1 -> sae-ccs-1) in the same run, as the baseline for p99 and throughput.
+sae-cait-1 -> sae-ccs-1) in the same run, as the baseline for p99 and throughput, and through
+``bench/bare_proxy.py`` (as many processes as the gateway's; one more hop, none of the gateway's work), the
+floor. The goal (issue 14): no errors, and the gateway's keys/s >= 0.8x the floor's under the same load.
 
 Afterwards, for every tenant: bits the clients received == the quota counter (qkd_key_bits.day) == the sum of
 its usage ledger == the key bits on its KeyDelivery rows, and every delivered key is marked fetched.
@@ -136,6 +138,10 @@ def main() -> int:
                            tls_context(ep["ca"], ep["saes"]["sae-ccs-1"]["cert"], ep["saes"]["sae-ccs-1"]["key"]))
         # the direct baseline has one backend SAE pair: all 50 clients share it (as the portal's backend does)
         direct = asyncio.run(run({f"t{i:02d}": direct_side for i in range(TENANT_COUNT)}, args.rounds))
+        (enc_url, bare_ctx), (dec_url, _) = (bench.bare_proxy("sae-cait-1", "sae-ccs-1"),
+                                             bench.bare_proxy("sae-ccs-1", "sae-cait-1", "dec_keys"))
+        floor_side = Side(enc_url, dec_url, bare_ctx, bare_ctx)
+        floor = asyncio.run(run({f"t{i:02d}": floor_side for i in range(TENANT_COUNT)}, args.rounds))
         base, ca = bench.portal.base_url, bench.portal.ca
         portal_sides = {}
         for slug in tenants():
@@ -144,21 +150,23 @@ def main() -> int:
                                       tls_context(ca, m.cert, m.key), tls_context(ca, s.cert, s.key))
         portal = asyncio.run(run(portal_sides, args.rounds))
         ledger = ledger_check(portal)
-        d, p = summary(direct), summary(portal)
+        d, f, p = summary(direct), summary(floor), summary(portal)
         result = {"setup": {**bench.describe(), "tenants": TENANT_COUNT, "clients": TENANT_COUNT * CLIENTS_PER_TENANT,
                             "rounds_per_client": args.rounds, "time_scale": args.time_scale},
-                  "direct": d, "portal": p,
+                  "direct": d, "bare_proxy": f, "portal": p,
                   "ratio": {"enc_p99": round(p["enc_p99_ms"] / d["enc_p99_ms"], 2),
                             "dec_p99": round(p["dec_p99_ms"] / d["dec_p99_ms"], 2),
-                            "keys_per_s": round(p["keys_per_s"] / d["keys_per_s"], 3)},
+                            "keys_per_s": round(p["keys_per_s"] / d["keys_per_s"], 3),
+                            "keys_per_s_vs_floor": round(p["keys_per_s"] / f["keys_per_s"], 3),
+                            "enc_p99_vs_floor": round(p["enc_p99_ms"] / f["enc_p99_ms"], 2)},
                   "ledger": ledger, "ledger_exact": all(r["exact"] for r in ledger) and len(ledger) == TENANT_COUNT}
     print(f"database: {result['setup']['database']}; portal: {result['setup']['portal_listener']}, "
           f"{args.workers} workers x {args.threads} threads; 50 clients from 10 tenants, {args.rounds} rounds each")
     print(f"{'':8} {'keys':>6} {'errors':>6} {'keys/s':>8} {'enc p50':>9} {'enc p99':>9} {'dec p50':>9} {'dec p99':>9}")
-    for name, s in (("direct", d), ("portal", p)):
+    for name, s in (("direct", d), ("floor", f), ("portal", p)):
         print(f"{name:8} {s['keys']:>6} {s['errors']:>6} {s['keys_per_s']:>8} {s['enc_p50_ms']:>7}ms "
               f"{s['enc_p99_ms']:>7}ms {s['dec_p50_ms']:>7}ms {s['dec_p99_ms']:>7}ms")
-    print(f"ratios portal/direct: {result['ratio']}")
+    print(f"ratios portal/direct (and vs the floor, bench/bare_proxy.py): {result['ratio']}")
     print(f"{'tenant':8} {'received':>9} {'quota':>9} {'ledger':>9} {'rows x256':>9} {'unfetched':>9} exact")
     for r in ledger:
         print(f"{r['tenant']:8} {r['received_bits']:>9} {r['quota_used']:>9} {r['ledger_bits']:>9} "
@@ -167,6 +175,12 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     ok = result["ledger_exact"] and p["errors"] == 0
+    no_errors = p["errors"] == 0 and d["errors"] == 0 and f["errors"] == 0
+    print(f"goal no_errors: {'met' if no_errors else 'NOT met'} (gateway {p['errors']}, direct {d['errors']}, "
+          f"floor {f['errors']})")
+    x = result["ratio"]["keys_per_s_vs_floor"]
+    print(f"goal keys_per_s_ge_0.8x_floor: {'met' if no_errors and x >= 0.8 else 'NOT met'} (gateway "
+          f"{p['keys_per_s']} keys/s = {x}x the floor's {f['keys_per_s']} keys/s; direct {d['keys_per_s']})")
     print("RESULT:", "no errors, quota and ledger exact" if ok else "FAILED")
     return 0 if ok else 1
 

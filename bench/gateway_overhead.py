@@ -9,12 +9,13 @@ pairs:
   are the gateway's own capacity;
 - ``1-hop``: CAIT -> CCS over the cait-ccs link store (single-key latency only).
 
-The single-key and 256-bit-batch cases are also measured through ``bench/bare_proxy.py``, which makes the same
-KME call behind one more TLS hop and does none of the gateway's work: the floor under any gateway built this way.
+Every case is also measured through ``bench/bare_proxy.py`` (as many processes as the gateway's), which makes
+the same KME call behind one more TLS hop and does none of the gateway's work: the floor under any gateway built
+this way, measured in the same run.
 
-Cases: single 256-bit key, 1 client: p50/p99 latency ratio (goal <= 1.5x); batches of the largest allowed keys
-(max_key_per_request x max_key_size): key bits/s (goal >= 110 Mbit/s through the portal); batches of 256-bit
-keys: keys/s (goal >= 0.8x of direct).
+The goals (issue 14), each judged on this run: single 256-bit key, 1 client, local and 1-hop: gateway p50 <=
+1.5x the floor's p50 and p99 <= 2x the floor's p99; batches of 256-bit keys: keys/s >= 0.8x the floor's;
+batches of the largest allowed keys (max_key_per_request x max_key_size): Mbit/s >= 0.9x direct.
 
     .venv/bin/python bench/gateway_overhead.py [--seconds 3] [--workers 2] [--threads 8] [--batch-clients 2]
 
@@ -45,8 +46,12 @@ def row(case: str, pair: str, clients: int, direct: LoadResult, portal: LoadResu
         floor: LoadResult | None = None) -> dict:
     bare = None if floor is None else {
         "p50_ms": round(floor.p50_ms, 3), "p99_ms": round(floor.p99_ms, 3), "keys_per_s": round(floor.keys_per_s),
-        "errors": floor.errors, "ratio_p50": round(floor.p50_ms / direct.p50_ms, 2),
-        "ratio_throughput": round(floor.keys_per_s / direct.keys_per_s, 3) if direct.keys else None}
+        "mbit_per_s": round(floor.mbit_per_s, 2), "errors": floor.errors,
+        "ratio_p50": round(floor.p50_ms / direct.p50_ms, 2),
+        "ratio_throughput": round(floor.keys_per_s / direct.keys_per_s, 3) if direct.keys else None,
+        # the gateway against the floor: what the issue's goals are stated in
+        "portal_p50_x": round(portal.p50_ms / floor.p50_ms, 2), "portal_p99_x": round(portal.p99_ms / floor.p99_ms, 2),
+        "portal_throughput_x": round(portal.keys_per_s / floor.keys_per_s, 3) if floor.keys else None}
     return {"bare_proxy": bare,
         "case": case, "pair": pair, "clients": clients,
         "direct": {"p50_ms": round(direct.p50_ms, 3), "p99_ms": round(direct.p99_ms, 3), "requests": direct.requests,
@@ -83,28 +88,39 @@ async def measure(bench: Bench, seconds: float, batch_clients: int) -> list[dict
     for pair in ("local", "1-hop"):
         direct, portal, floor = await compare(bench, pair, 1, seconds, {"number": 1, "size": 256}, bare=True)
         rows.append(row("1 x 256 bit", pair, 1, direct, portal, floor))
-    direct, portal, floor = await compare(bench, "local", batch_clients, seconds, biggest)
-    rows.append(row(f"{biggest['number']} x {biggest['size']} bit", "local", batch_clients, direct, portal))
+    direct, portal, floor = await compare(bench, "local", batch_clients, seconds, biggest, bare=True)
+    rows.append(row(f"{biggest['number']} x {biggest['size']} bit", "local", batch_clients, direct, portal, floor))
     direct, portal, floor = await compare(bench, "local", batch_clients, seconds, many_small, bare=True)
     rows.append(row(f"{many_small['number']} x 256 bit", "local", batch_clients, direct, portal, floor))
     return rows
 
 
 def goals(rows: list[dict]) -> dict[str, dict]:
-    """The issue's goals, judged on this run's rows (a case with errors meets nothing)."""
+    """The issue's goals, judged on this run's rows against the floor measured in it (a case with errors, at
+    the gateway, direct or through the floor, meets nothing)."""
     single = [r for r in rows if r["case"] == "1 x 256 bit"]
     biggest, many_small = rows[-2], rows[-1]
-    clean = all(r["portal"]["errors"] == 0 and r["direct"]["errors"] == 0 for r in rows)
+    clean = all(r["portal"]["errors"] == 0 and r["direct"]["errors"] == 0
+                and (r["bare_proxy"] is None or r["bare_proxy"]["errors"] == 0) for r in rows)
     return {
         "no_errors": {"met": clean},
-        "single_key_latency_ratio_le_1.5": {
-            "met": clean and all(r["ratio"]["p50"] <= 1.5 and r["ratio"]["p99"] <= 1.5 for r in single),
-            "p50": {r["pair"]: r["ratio"]["p50"] for r in single},
-            "p99": {r["pair"]: r["ratio"]["p99"] for r in single}},
-        "largest_keys_ge_110_mbit_s": {"met": clean and biggest["portal"]["mbit_per_s"] >= 110,
-                                       "portal_mbit_per_s": biggest["portal"]["mbit_per_s"]},
-        "256_bit_keys_per_s_ge_0.8x_direct": {"met": clean and many_small["ratio"]["throughput"] >= 0.8,
-                                              "ratio": many_small["ratio"]["throughput"]},
+        "single_key_p50_le_1.5x_floor_p99_le_2x_floor": {
+            "met": clean and all(r["bare_proxy"]["portal_p50_x"] <= 1.5 and r["bare_proxy"]["portal_p99_x"] <= 2.0
+                                 for r in single),
+            **{f"{r['pair']}": f"p50 {r['portal']['p50_ms']:.2f} ms = {r['bare_proxy']['portal_p50_x']}x floor "
+                               f"{r['bare_proxy']['p50_ms']:.2f} ms, p99 {r['portal']['p99_ms']:.2f} ms = "
+                               f"{r['bare_proxy']['portal_p99_x']}x floor {r['bare_proxy']['p99_ms']:.2f} ms"
+               for r in single}},
+        "256_bit_batches_keys_per_s_ge_0.8x_floor": {
+            "met": clean and many_small["bare_proxy"]["portal_throughput_x"] >= 0.8,
+            "ratio": many_small["bare_proxy"]["portal_throughput_x"],
+            "gateway_keys_per_s": many_small["portal"]["keys_per_s"],
+            "floor_keys_per_s": many_small["bare_proxy"]["keys_per_s"]},
+        "largest_keys_mbit_per_s_ge_0.9x_direct": {
+            "met": clean and biggest["portal"]["mbit_per_s"] >= 0.9 * biggest["direct"]["mbit_per_s"],
+            "ratio": round(biggest["portal"]["mbit_per_s"] / biggest["direct"]["mbit_per_s"], 3),
+            "gateway_mbit_per_s": biggest["portal"]["mbit_per_s"], "direct_mbit_per_s": biggest["direct"]["mbit_per_s"],
+            "floor_mbit_per_s": biggest["bare_proxy"]["mbit_per_s"]},
     }
 
 
@@ -126,8 +142,9 @@ def print_table(rows: list[dict]) -> None:
         if r["bare_proxy"]:
             b = r["bare_proxy"]
             print(f"- {r['case']:<18} {r['pair']:<6} bare p50 {b['p50_ms']:.2f} ms p99 {b['p99_ms']:.2f} ms "
-                  f"{b['keys_per_s']:,} keys/s: p50 x{b['ratio_p50']} of direct, keys/s x{b['ratio_throughput']}"
-                  + (f" ERRORS {b['errors']}" if b["errors"] else ""))
+                  f"{b['keys_per_s']:,} keys/s {b['mbit_per_s']:.2f} Mbit/s: p50 x{b['ratio_p50']} of direct, "
+                  f"keys/s x{b['ratio_throughput']}; gateway/floor p50 x{b['portal_p50_x']} p99 x{b['portal_p99_x']}"
+                  f" keys/s x{b['portal_throughput_x']}" + (f" ERRORS {b['errors']}" if b["errors"] else ""))
 
 
 def main() -> int:

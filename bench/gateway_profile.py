@@ -11,6 +11,11 @@ web listener, which token clients on :8000 use), the SAE certificate handed over
 (``environ["gunicorn.socket"].getpeercert``).
 
     .venv/bin/python bench/gateway_profile.py [--path gateway|django] [--requests 300] [--number 1] [--size 256]
+    .venv/bin/python bench/gateway_profile.py --identity-cache-ab    # the gateway path, identity cache off vs on
+
+``--identity-cache-ab``: the gateway path with ``KEY_GATEWAY_IDENTITY_CACHE`` off and on in alternating blocks of
+the same run (a shared machine's load drifts alike over both), p50, CPU and database round trips of each (needs
+``REDIS_URL``).
 
 PostgreSQL when DATABASE_URL names one (a temporary database is created and dropped), else SQLite.
 """
@@ -66,6 +71,37 @@ def gateway_request(der: bytes, body: dict):
     return one
 
 
+def identity_cache_ab(one, requests: int, blocks: int = 10) -> None:
+    """The gateway's request with the SAE identity cache off and on, in alternating blocks."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if not settings.REDIS_URL:
+        raise SystemExit("--identity-cache-ab needs REDIS_URL (the cache lives on Redis)")
+    times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, float] = {False: 0.0, True: 0.0}
+    queries: dict[bool, int] = {}
+    for block in range(blocks):
+        for cached in (False, True) if block % 2 == 0 else (True, False):
+            settings.KEY_GATEWAY_IDENTITY_CACHE = cached
+            one()  # the cache filled (or not) before the block
+            cpu0 = time.process_time()
+            times[cached] += [one() for _ in range(max(1, requests // blocks))]
+            cpu[cached] += time.process_time() - cpu0
+    for cached in (False, True):
+        settings.KEY_GATEWAY_IDENTITY_CACHE = cached
+        with CaptureQueriesContext(connection) as captured:
+            one()
+        queries[cached] = len(captured)
+    print(f"identity cache A/B, {len(times[True])} requests each, alternating blocks of {requests // blocks}:")
+    for cached in (False, True):
+        print(f"- cache {'on ' if cached else 'off'}: p50 {percentile(times[cached], 0.5) * 1000:.2f} ms, "
+              f"p99 {percentile(times[cached], 0.99) * 1000:.2f} ms, CPU {cpu[cached] / len(times[cached]) * 1000:.2f}"
+              f" ms/request, {queries[cached]} SQL statements (Django's cursors)")
+    print(f"on/off p50 ratio: {percentile(times[True], 0.5) / percentile(times[False], 0.5):.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", choices=["gateway", "django"], default="gateway")
@@ -77,6 +113,8 @@ def main() -> int:
     parser.add_argument("--queries", action="store_true", help="print the SQL of one request (Django's cursors "
                         "only: the metering statements sent in psycopg's pipeline are not listed)")
     parser.add_argument("--dump", type=Path, help="also write the raw profile here (pstats format)")
+    parser.add_argument("--identity-cache-ab", action="store_true",
+                        help="compare the gateway path with the SAE identity cache off and on, same run")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() after the warm-up, as the gunicorn workers do after loading the portal")
     args = parser.parse_args()
@@ -117,6 +155,10 @@ def main() -> int:
 
                 gc.collect()
                 gc.freeze()
+            if args.identity_cache_ab:
+                identity_cache_ab(one, args.requests)
+                getattr(one, "close", lambda: None)()
+                return 0
             if args.queries:
                 from django.db import connection
                 from django.test.utils import CaptureQueriesContext

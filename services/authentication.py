@@ -33,7 +33,7 @@ from tenants.tenancy import TenantContext, resolve_tenant
 
 from . import pki
 from .models import Sae
-from .saes import sae_for_certificate_serial
+from .saes import cached_sae_for_certificate_serial, sae_for_certificate_serial
 
 SERIAL_HEADER = "X-Gateway-Client-Serial"
 VOUCHER_HEADER = "X-Gateway-Voucher"
@@ -160,7 +160,7 @@ def etsi_caller(certificate_serial: str | None, authorization: str | None, sae_n
     the SAE of a current certificate, else an API token with ``scope`` naming one of its tenant's SAEs in
     ``X-SAE-ID``; the tenant decided by ``resolve_tenant`` (a suspended one refused). Also returns the
     caller's rate-limit identity (the one ``TokenRateThrottle`` uses)."""
-    sae = sae_for_certificate_serial(certificate_serial) if certificate_serial else None
+    sae = cached_sae_for_certificate_serial(certificate_serial)  # cached, dropped on any change
     if sae is not None:
         resolve_tenant(SimpleNamespace(user=SaePrincipal(sae), auth=sae))
         return sae, f"user:{SaePrincipal(sae).pk}"

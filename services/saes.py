@@ -14,7 +14,7 @@ from django.utils import timezone
 from portal.errors import BadRequest, Conflict, ServiceUnavailable
 from tenants.models import Tenant
 
-from . import pki, registry
+from . import identities, pki, registry
 from .models import KeyDelivery, KeyStream, QkdNode, Sae
 
 
@@ -35,6 +35,7 @@ def _issue(sae: Sae) -> SaeBundle:
     Sae.objects.for_tenant(sae.tenant).filter(pk=sae.pk).update(
         cert_serial=issued.serial_hex, cert_fingerprint=issued.fingerprint_sha256, cert_not_after=issued.not_after,
         cert_issued_at=timezone.now())
+    identities.changed()  # the old certificate's cached identity goes on every key gateway process
     sae.cert_serial, sae.cert_fingerprint = issued.serial_hex, issued.fingerprint_sha256
     sae.cert_not_after = issued.not_after
     return SaeBundle(sae, issued.cert_pem, issued.key_pem, pki.ca_pem())
@@ -78,6 +79,7 @@ def reissue_certificate(sae: Sae) -> SaeBundle:
 
 def revoke_certificate(sae: Sae) -> None:
     Sae.objects.for_tenant(sae.tenant).filter(pk=sae.pk).update(cert_serial="", cert_fingerprint="")
+    identities.changed()
     sae.cert_serial = sae.cert_fingerprint = ""
 
 
@@ -122,13 +124,18 @@ def _sae_query(where: str, with_tenant: bool, vendor: str) -> tuple[str, list[tu
     return sql, plan
 
 
-def _one_sae(where: str, params: list, tenant: Tenant | None) -> Sae | None:
-    sql, plan = _sae_query(where, tenant is None, connection.vendor)
+def _sae_row(where: str, params: list, with_tenant: bool) -> tuple | None:
+    sql, _plan = _sae_query(where, with_tenant, connection.vendor)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
+        return cursor.fetchone()
+
+
+def _sae_of_row(row: tuple | None, tenant: Tenant | None) -> Sae | None:
+    """Fresh model instances of a row of ``_sae_query`` (each call its own: a cached row is never shared)."""
     if row is None:
         return None
+    _sql, plan = _sae_query("", tenant is None, connection.vendor)  # the plan does not depend on the WHERE
     instances, start = [], 0
     for model, fields, converters in plan:
         values = list(row[start:start + len(fields)])
@@ -142,12 +149,34 @@ def _one_sae(where: str, params: list, tenant: Tenant | None) -> Sae | None:
     return sae
 
 
+def _one_sae(where: str, params: list, tenant: Tenant | None) -> Sae | None:
+    return _sae_of_row(_sae_row(where, params, tenant is None), tenant)
+
+
+SERIAL_WHERE = "WHERE s.cert_serial = %s LIMIT 1"
+
+
+def sae_row_for_certificate_serial(serial_hex: str) -> tuple | None:
+    """The database row behind ``sae_for_certificate_serial`` (what ``services.identities`` caches)."""
+    return _sae_row(SERIAL_WHERE, [serial_hex], True) if serial_hex else None
+
+
+def sae_of_certificate_row(row: tuple | None) -> Sae | None:
+    return _sae_of_row(row, None)
+
+
+def cached_sae_for_certificate_serial(serial_hex: str | None) -> Sae | None:
+    """``sae_for_certificate_serial`` through the key gateway's identity cache (``services.identities``: dropped
+    on every process when an identity changes); fresh model instances each time, never shared."""
+    if not serial_hex:
+        return None
+    return sae_of_certificate_row(identities.row(serial_hex, sae_row_for_certificate_serial))
+
+
 def sae_for_certificate_serial(serial_hex: str) -> Sae | None:
     """The SAE whose current certificate has this serial (authentication decides the tenant from it), with its
     node and tenant, in one query."""
-    if not serial_hex:
-        return None
-    return _one_sae("WHERE s.cert_serial = %s LIMIT 1", [serial_hex], None)
+    return sae_of_certificate_row(sae_row_for_certificate_serial(serial_hex))
 
 
 def tenant_sae_named(tenant: Tenant, name: str) -> Sae | None:

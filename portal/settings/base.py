@@ -184,6 +184,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # socket (unix://user:password@/run/redis/redis.sock?db=0). One URL serves the cache, the rate limits, the
 # entropy pool and, by default, the Celery broker.
 REDIS_URL = env.str("REDIS_URL", default="")
+# The key gateway caches SAE certificate identities, invalidated through Redis on any change (services.identities).
+KEY_GATEWAY_IDENTITY_CACHE = env.bool("KEY_GATEWAY_IDENTITY_CACHE", default=True)
 if REDIS_URL:
     CACHES = {"default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -68,10 +68,12 @@ async def serve(args: argparse.Namespace, sock: socket.socket) -> None:
     from aiohttp import web
 
     from services.gateway.app import Gateway, build_app
+    from services.gateway.metrics import ContextAccessLogger
 
     app = build_app(Gateway(threads=args.threads, upstream=args.upstream))
     runner = web.AppRunner(app, access_log=logging.getLogger("services.gateway.access"),
-                           access_log_format='%a "%r" %s %b %Tfs', handle_signals=False)
+                           access_log_class=ContextAccessLogger, access_log_format='%a "%r" %s %b %Tfs',
+                           handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=tls_context()).start()
     logging.getLogger(__name__).info("key gateway on https://%s:%s (pid %s)", args.host, args.port, os.getpid())

@@ -32,6 +32,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from django.conf import settings
 from django.db import DatabaseError, connections
 
+from portal import logs
 from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
 from services.authentication import (
@@ -76,9 +77,16 @@ class Gateway:
     async def run(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None,
                   **kwargs: Any) -> T:
         """``fn`` in the database pool (Django connections are per thread, and stay open between jobs), in a copy
-        of the request's context (its log lines keep the request ID and tenant)."""
-        job = functools.partial(contextvars.copy_context().run, _job, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(pool or self.pool, job)
+        of the request's context (its log lines keep the request ID and tenant); the tenant the job's
+        authentication bound (``resolve_tenant``) is bound in the request's context too, for its later lines."""
+        context = contextvars.copy_context()
+        job = functools.partial(context.run, _job, fn, *args, **kwargs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool or self.pool, job)
+        finally:
+            tenant = context.run(logs.current, "tenant")
+            if tenant is not None:
+                logs.bind(tenant=tenant)
 
     def kme(self, node) -> AsyncKmeClient:
         key, endpoint = registry.endpoint_for(node)

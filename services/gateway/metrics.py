@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -44,6 +45,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     status = 500
     with logs.scope(request_id=rid, edge_request_id=logs.edge_request_id(request.headers.get(logs.REQUEST_ID_HEADER)),
                     tenant=None, order_id=None):
+        request["request_id"] = rid
         try:
             response = await handler(request)
             status = response.status
@@ -51,12 +53,25 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
             status = exc.status
             raise
         finally:
+            # The tenant the request's credential decided (bound in its database job: Gateway.run), for the
+            # access line, written after this scope ends. Forwarded requests: the web listener's lines have it.
+            request["tenant"] = logs.current("tenant")
             endpoint = endpoint_of(request)
             REQUESTS.labels(endpoint, str(status)).inc()
             LATENCY.labels(endpoint).observe(time.perf_counter() - start)
     if not response.prepared:  # a forwarded, streamed answer carries the web listener's own request ID
         response.headers[logs.REQUEST_ID_HEADER] = rid
     return response
+
+
+class ContextAccessLogger(AccessLogger):
+    """aiohttp's access line with the request's ID and tenant (``LOG_FORMAT=json``: fields, as on the web
+    listener's lines). The line is the client address, request line, status, size and time: no credential,
+    no key material (ETSI 014 key IDs, the only request data in it, are not secret)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        with logs.scope(request_id=request.get("request_id"), tenant=request.get("tenant")):
+            super().log(request, response, time)
 
 
 class _State(Collector):

@@ -85,6 +85,7 @@ def test_json_logs_of_the_live_listeners_hold_no_key_or_token(transactional_db, 
     lab = make_lab("jsonlab")
     token = lab.client.token_secret
     delivered: dict[str, str] = {}
+    gateway_rids: list[str] = []
     with web_and_gateway(tmp_path, LOG_FORMAT="json", LOG_LEVEL="DEBUG") as stack:
         ca = tmp_path / "ca.pem"
         ca.write_text(lab.bundles["jsonlab-cait"]["ca_chain"])
@@ -97,6 +98,7 @@ def test_json_logs_of_the_live_listeners_hold_no_key_or_token(transactional_db, 
                 r = master.post(f"{stack.base}/api/v1/keys/jsonlab-rect/enc_keys", json={"number": 2, "size": 256},
                                 headers={"X-Request-ID": "trace-enc-0001"}, timeout=30)
                 assert r.status_code == 200 and len(r.headers["X-Request-ID"]) == 32, r.text
+                gateway_rids.append(r.headers["X-Request-ID"])
                 keys = r.json()["keys"]
                 delivered |= {k["key_ID"]: k["key"] for k in keys}
                 r = slave.post(f"{stack.base}/api/v1/keys/jsonlab-cait/dec_keys",
@@ -122,6 +124,11 @@ def test_json_logs_of_the_live_listeners_hold_no_key_or_token(transactional_db, 
             pytest.fail(f"not a JSON log line: {line[:200]}")
     assert any(e.get("edge_request_id") == "trace-enc-0001" and e.get("request_id") for e in entries)
     assert any(e["logger"] == "gunicorn.access" and e.get("request_id") for e in entries)
+    # The key gateway's access lines name the request (its X-Request-ID) and the tenant, as the web's do.
+    access = {e["request_id"]: e for e in entries if e["logger"] == "services.gateway.access" and "request_id" in e}
+    for rid in gateway_rids:
+        assert access[rid].get("tenant") == "jsonlab" and "enc_keys" in access[rid]["message"], access.get(rid)
+    assert all(e.get("tenant") in (None, "jsonlab") for e in entries)
     for key_id, key in delivered.items():
         for form in encodings(key):
             assert form not in text, f"key {key_id} in the JSON logs"
