@@ -177,3 +177,16 @@ def server_error(request):
     # ETSI paths: the ETSI error shape ({"message"}), as services.etsi014.describe_etsi renders it.
     body = {"message": message} if request.path.startswith(ETSI_PREFIXES) else error_body(code, message, details)
     return JsonResponse(body, status=status_code, headers=headers)
+
+
+def page_not_found(request, exception=None):
+    """handler404: an /api/ URL that matches no route answers in the API's error shape (the ETSI shape on ETSI
+    paths), as every other API error does; pages keep Django's own 404."""
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    if not request.path.startswith("/api/"):
+        return defaults.page_not_found(request, exception)
+    message = "no such API path (see /api/schema/)"
+    body = {"message": message} if request.path.startswith(ETSI_PREFIXES) else error_body("not_found", message)
+    return JsonResponse(body, status=404)

@@ -250,7 +250,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["tenants.ratelimit.TokenRateThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "tenants.schema.PortalAutoSchema",  # every error status, from what each view declares
     "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "portal.errors.api_exception_handler",
@@ -281,6 +281,8 @@ SPECTACULAR_SETTINGS = {
     # Key streams and TLS sessions both have a "state" field with their own states: each its own enum.
     "ENUM_NAME_OVERRIDES": {"TlsSessionStateEnum": "tls.models.TlsSession.State"},
     "SCHEMA_PATH_PREFIX": r"/api/",
+    # nullable free-form JSON is {} (which allows null), not oneOf [{}, null] (where null matches twice)
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tenants.schema.postprocess"],
 }
 
 # --- SD-QKD backends -----------------------------------------------------------------------------------

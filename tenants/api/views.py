@@ -85,6 +85,10 @@ class MeView(APIView):
 class TenantViewSet(viewsets.ModelViewSet):
     serializer_class = TenantSerializer
     lookup_field = "slug"
+    error_reasons = {"create": {400: "bad input, or an unknown plan", 409: "a tenant with this slug exists"},
+                     "update": {400: "bad input, or an unknown plan"}, "partial_update": {400: "bad input, or an "
+                                                                                           "unknown plan"},
+                     "destroy": {400: "the tenant has usage records (billing history): suspend it instead"}}
 
     def get_permissions(self):
         if self.action in ("list", "retrieve"):
@@ -176,6 +180,9 @@ class TenantViewSet(viewsets.ModelViewSet):
 )
 class PlanViewSet(OperatorViewSet):
     serializer_class = PlanSerializer
+    error_reasons = {action: {400: "bad input, or a slug another plan has"} for action in ("create", "update",
+                                                                                           "partial_update")}
+    error_reasons["destroy"] = {400: "tenants are on this plan; move them first"}
     queryset = Plan.objects.prefetch_related("quotas")
     lookup_field = "slug"
 
@@ -211,6 +218,10 @@ class MembershipViewSet(
 ):
     model = Membership
     serializer_class = MembershipSerializer
+    error_reasons = {"create": {400: "bad input: neither username nor email, or no such user",
+                                409: "already a member"},
+                     "partial_update": {409: "a tenant keeps at least one owner"},
+                     "destroy": {409: "a tenant keeps at least one owner"}}
     write_scope = "tenant:admin"
     write_roles = set(MANAGING_ROLES)
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
@@ -241,6 +252,7 @@ class ApiTokenViewSet(
 ):
     model = ApiToken
     serializer_class = ApiTokenSerializer
+    error_reasons = {"create": {400: "bad input, an expires_at not in the future, or a token without tenant:admin"}}
     write_roles = {"owner", "admin", "member", "viewer"}  # anyone may hold a token; scopes are capped by role
 
     def scope_queryset(self, queryset):

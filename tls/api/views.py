@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from uuid import UUID
+
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins
 from rest_framework.decorators import action
@@ -123,6 +125,10 @@ class EndpointKeyView(APIView):
             caller = token_calling_sae(resolve_tenant(request), request.headers.get("X-SAE-ID"), "keys:read")
         else:
             raise Forbidden("an SAE certificate or an API token is required")
+        try:
+            uuid = UUID(uuid)
+        except ValueError:  # the URL's pattern lets any 32-36 hex digits and dashes through
+            raise NotFound("no such TLS session for this endpoint") from None
         session = (TlsSession.objects.for_tenant(caller.tenant_id).select_related("sae_master")
                    .filter(uuid=uuid, mode=TlsSession.Mode.BYO).first())
         if session is None or caller.pk not in (session.sae_a_id, session.sae_b_id):
