@@ -123,9 +123,22 @@ def dependency_unavailable(exc: BaseException) -> ServiceUnavailable | None:
                               headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+NUL_MESSAGE = "NUL characters (U+0000) are not accepted in parameters or bodies"
+
+
+def is_nul_error(exc: BaseException) -> bool:
+    """PostgreSQL cannot take a NUL character in text (psycopg refuses the query): a client's bad input, not a
+    server error. Raised before the statement runs, so the request's transaction changed nothing."""
+    from django.db import DataError
+
+    return isinstance(exc, (ValueError, DataError)) and "NUL (0x00)" in str(exc)
+
+
 def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     """(status, code, message, details, headers) for any exception the API may raise."""
     exc = dependency_unavailable(exc) or exc
+    if is_nul_error(exc):
+        exc = BadRequest(NUL_MESSAGE)
     if isinstance(exc, ApiError):
         return exc.status_code, exc.code, exc.message, exc.details, dict(exc.headers)
     if isinstance(exc, Http404):

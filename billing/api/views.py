@@ -160,7 +160,9 @@ class OperatorReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):
 class OperatorInvoiceViewSet(InvoiceExportMixin, OperatorReadOnlyViewSet):
     def get_queryset(self):
         qs = Invoice.objects.unscoped().select_related("tenant").prefetch_related("lines")
-        if status := self.request.query_params.get("status"):
+        if (status := self.request.query_params.get("status")) is not None:
+            if status not in Invoice.Status.values:
+                raise BadRequest(f"status must be one of {', '.join(Invoice.Status.values)}")
             qs = qs.filter(status=status)
         if tenant := self.request.query_params.get("tenant"):
             qs = qs.filter(tenant__slug=tenant)

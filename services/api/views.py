@@ -105,7 +105,7 @@ class KeyStreamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantS
         if self.action != "list":
             return queryset
         state = self.request.query_params.get("state")
-        if state:
+        if state is not None:
             if state not in KeyStream.State.values:
                 raise BadRequest(f"state must be one of {', '.join(KeyStream.State.values)}")
             queryset = queryset.filter(state=state)

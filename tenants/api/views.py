@@ -4,6 +4,7 @@ import csv
 from collections.abc import Iterator
 
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
@@ -327,18 +328,19 @@ class UsageRecordViewSet(mixins.ListModelMixin, TenantScopedViewSet):
     def scope_queryset(self, queryset):
         params = self.request.query_params
         meter = params.get("meter")
-        if meter:
+        if meter is not None:  # present but empty is not "any meter": the schema's enum has no ""
             if meter not in METERS:
                 raise BadRequest(f"unknown meter {meter!r}", details={"meters": sorted(METERS)})
             queryset = queryset.filter(meter=meter)
         for name, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
-            if params.get(name):
+            if name in params:
                 try:
                     when = parse_datetime(params[name])
                 except ValueError:  # well-formed but impossible, e.g. month 13
                     when = None
-                if when is None:
-                    raise BadRequest(f"{name} must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
+                if when is None or timezone.is_naive(when):  # RFC 3339, as the schema's date-time: with an offset
+                    raise BadRequest(f"{name} must be an ISO 8601 date-time with a time zone, e.g. "
+                                     "2026-11-01T00:00:00Z")
                 queryset = queryset.filter(**{lookup: when})
         return queryset
 
