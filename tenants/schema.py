@@ -85,10 +85,13 @@ class PortalAutoSchema(AutoSchema):
             if code not in responses:
                 responses[code] = {"description": (ETSI_WHY if etsi else WHY).get(code, WHY.get(code, ""))}
         for code, response in responses.items():
-            if code[0] in "45" and "content" not in response:
-                why = (ETSI_WHY if etsi else WHY).get(code, WHY.get(code, ""))
+            if code[0] not in "45":
+                continue
+            why = (ETSI_WHY if etsi else WHY).get(code, WHY.get(code, ""))
+            if "content" not in response:
                 response.update(self._get_response_for_code(error, code, direction=direction),
                                 description=response.get("description") or why)
+            response["description"] = response.get("description") or why
         return dict(sorted(responses.items()))
 
     def map_parsers(self) -> list[str]:
