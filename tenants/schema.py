@@ -19,6 +19,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import inline_serializer
 from rest_framework import permissions, serializers
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.negotiation import DefaultContentNegotiation
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
@@ -47,6 +48,7 @@ WHY = {
            "write, a suspended tenant, or operators only",
     "404": "no such object for this credential (another tenant's objects are not found either), an unknown "
            "tenant (`X-Tenant`), or a page past the last",
+    "406": "the Accept header asks for something other than JSON",
     "415": "the body is not JSON (`Content-Type: application/json`)",
     "429": "the token's request rate (Retry-After) or the tenant's quota (RateLimit headers); nothing was "
            "served or charged",
@@ -132,6 +134,8 @@ class PortalAutoSchema(AutoSchema):
             codes.add("415")
         if view.get_throttles():
             codes.add("429")
+        if type(view.get_content_negotiator()).select_renderer is DefaultContentNegotiation.select_renderer:
+            codes.add("406")  # an Accept header that JSON does not satisfy (e.g. Accept: text/html)
         return codes
 
 

@@ -89,6 +89,13 @@ def test_a_page_past_the_last_is_the_documented_404(two_tenants):
     assert response.json()["error"]["code"] == "not_found"
 
 
+def test_an_accept_header_json_cannot_satisfy_is_the_documented_406(two_tenants, schema):
+    response = two_tenants["ca"].get("/api/quotas/", HTTP_ACCEPT="text/html")
+    assert response.status_code == 406
+    assert "406" in schema["paths"]["/api/quotas/"]["get"]["responses"]
+    assert "406" not in schema["paths"]["/api/entropy/"]["get"]["responses"]  # always JSON (or its raw formats)
+
+
 def test_an_unknown_api_path_is_a_json_404(two_tenants):
     response = two_tenants["ca"].get("/api/billing/credit-notes/0.5/")
     assert response.status_code == 404
