@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, Phase, given
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi import checks as openapi_checks
 
+from portal.celery_app import app as celery_app
 from qrng import runtime
 from services import registry, saes
 from tenants.models import Membership, Role, Scope
@@ -105,6 +106,9 @@ def portal(transactional_db, live_server, backend_twin, make_tenant, make_user, 
 
     yield live_server.url, tokens
     runtime.reset_service()
+    # The generated requests queued tasks (quality reports, TLS provisioning) that no worker here runs: drop them,
+    # or a later test's Celery worker would spend minutes on them before its own task.
+    celery_app.control.purge()
 
 
 def operations(schema) -> Iterator:
