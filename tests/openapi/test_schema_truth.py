@@ -108,7 +108,11 @@ def portal(transactional_db, live_server, backend_twin, make_tenant, make_user, 
     runtime.reset_service()
     # The generated requests queued tasks (quality reports, TLS provisioning) that no worker here runs: drop them,
     # or a later test's Celery worker would spend minutes on them before its own task.
-    celery_app.control.purge()
+    queues = {getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "celery")}
+    queues |= {route["queue"] for route in getattr(settings, "CELERY_TASK_ROUTES", {}).values() if "queue" in route}
+    with celery_app.connection_for_write() as connection:
+        for queue in sorted(queues):
+            connection.default_channel.queue_purge(queue)
 
 
 def operations(schema) -> Iterator:
