@@ -16,7 +16,9 @@ venv: $(VENV)/.installed
 
 ## Set up and run the whole system on the embedded defaults (SQLite, filesystem broker, QKD network twin).
 run: venv
-	bash -c '. scripts/services.sh && install_debs stunnel4 openssl'  # TLS sessions' endpoints
+	# TLS sessions' endpoints (stunnel) and the IPsec lab (charon with kernel-libipsec and AES-GCM, namespaces)
+	bash -c '. scripts/services.sh && install_debs stunnel4 openssl strongswan-charon libcharon-extra-plugins \
+	  libstrongswan-standard-plugins iproute2 iputils-ping'
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py bootstrap_demo

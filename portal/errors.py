@@ -19,16 +19,25 @@ logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """Base class: an error a client can act on."""
+    """Base class: an error a client can act on.
+
+    ``message`` is what every caller sees; ``internal`` (a backend's own words: URLs, SAE IDs, exception text) is
+    logged under the request's ID (``portal.logs``, which also puts that ID in the error body) and shown to
+    operators only. ``code`` overrides the class's stable code (e.g. ``kme_unavailable``).
+    """
 
     status_code = status.HTTP_400_BAD_REQUEST
     code = "bad_request"
 
-    def __init__(self, message: str, *, details: Any = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, details: Any = None, headers: dict[str, str] | None = None,
+                 internal: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.headers = headers or {}
+        self.internal = internal
+        if code is not None:
+            self.code = code
 
 
 class BadRequest(ApiError):
@@ -134,6 +143,24 @@ def is_nul_error(exc: BaseException) -> bool:
     return isinstance(exc, (ValueError, DataError)) and "NUL (0x00)" in str(exc)
 
 
+def sees_internal(request) -> bool:
+    """Operators see internal details (a backend's words, KME and appliance addresses): a staff user signed in,
+    or through a token that carries the ``operator`` scope (a staff member's plain token is a tenant's view)."""
+    user = getattr(request, "user", None)
+    if not (user is not None and user.is_authenticated and user.is_staff):
+        return False
+    scopes = getattr(getattr(request, "auth", None), "scopes", None)
+    return scopes is None or "operator" in scopes
+
+
+def log_internal(exc: Exception) -> None:
+    """Log what the client is not told; the log record carries the request ID the client is told
+    (``portal.logs.ContextFilter``), so a tenant's report leads to these words."""
+    internal = getattr(exc, "internal", None)
+    if internal:
+        logger.warning("%s (%s): %s", getattr(exc, "code", "error"), exc, internal)
+
+
 def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     """(status, code, message, details, headers) for any exception the API may raise."""
     exc = dependency_unavailable(exc) or exc
@@ -169,7 +196,12 @@ def api_exception_handler(exc: Exception, context: dict):
         status_code, code, message, details, headers = describe(exc)
     except Exception:  # not ours: let DRF/Django produce the 500 (and log it)
         return drf_exception_handler(exc, context)
-    return Response(error_body(code, message, details), status=status_code, headers=headers)
+    log_internal(exc)
+    body = error_body(code, message, details)  # portal.logs.RequestContextMiddleware adds error.request_id
+    internal = getattr(exc, "internal", None)
+    if internal and sees_internal(context.get("request")):
+        body["error"]["internal"] = internal  # operators see the backend's own words
+    return Response(body, status=status_code, headers=headers)
 
 
 ETSI_PREFIXES = ("/api/v1/keys/", "/api/etsi004/")

@@ -195,6 +195,8 @@ _redis_client: Any = None
 def celery_families() -> Iterator[Metric]:
     global _redis_client
     broker = settings.CELERY_BROKER_URL
+    if broker.startswith("redis+socket://"):  # kombu's spelling of a unix socket; redis-py's is unix://
+        broker = "unix://" + broker.removeprefix("redis+socket://").replace("virtual_host=", "db=")
     if not broker.startswith(("redis://", "rediss://", "unix://")):
         return
     import redis

@@ -1,4 +1,4 @@
-"""Run the whole QXaaS stack in the foreground: web, key gateway, Celery worker and beat (and the QKD twin).
+"""Run the whole QXaaS stack in the foreground: web, key gateway, Celery workers and beat (and the QKD twin).
 
 ``make run`` calls this after migrating. It is a supervisor that heals: a component that exits is logged with
 its exit cause and restarted after a backoff (0.5 s, doubling to 10 s; back to 0.5 s once it has run for a
@@ -55,9 +55,16 @@ def commands(port: int) -> dict[str, list[str]]:
                 "--threads", "4", "--access-logfile", "-", "--graceful-timeout", "10", "--config", GUNICORN_CONFIG],
         "etsi-https": etsi_https_command(int(os.environ.get("ETSI_HTTPS_PORT", "8443")),
                                          upstream=f"http://127.0.0.1:{port}"),
-        "worker": [py, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+        "worker": [py, "-m", "celery", "-A", "portal", "worker", "-Q", "celery", "-n", "main@%h", "--loglevel", "INFO",
+                   "--concurrency", "2"],
+        # Quality reports (16 MiB of entropy and a statistical battery each) on their own queue and worker, so
+        # they never hold up provisioning, key-stream filling and order expiry (CELERY_TASK_ROUTES).
+        "worker-quality": [py, "-m", "celery", "-A", "portal", "worker", "-Q", "quality", "-n", "quality@%h",
+                           "--loglevel", "INFO", "--concurrency", "1"],
         "beat": [py, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
                  "--schedule", f"{var}/celerybeat-schedule"],
+        # the IPsec gateways' VICI event streams (idle while no gateway is registered)
+        "ipsec-events": [py, str(BASE_DIR / "manage.py"), "ipsec_events"],
     }
     embedded_twin = os.environ.get("QKD_EMBEDDED_TWIN", "true").lower() in ("1", "true", "yes")
     if embedded_twin and find_spec("services.sdqkd.twin.__main__") is not None:
@@ -89,7 +96,7 @@ def _die_with_parent() -> None:
 
 # Each process kind writes its metrics into a folder of its own (prometheus_client's multiprocess mode), emptied
 # at (re)start; the web listener's /metrics also sums the worker's (docs/operations.md, "Metrics").
-METRICS_FOLDERS = {"web": "web", "worker": "worker", "etsi-https": "gateway"}
+METRICS_FOLDERS = {"web": "web", "worker": "worker", "worker-quality": "worker-quality", "etsi-https": "gateway"}
 
 
 def child_env(name: str) -> dict[str, str]:
@@ -103,7 +110,7 @@ def child_env(name: str) -> dict[str, str]:
     path.mkdir(parents=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     if name == "web":
-        env["METRICS_EXTRA_DIRS"] = str(root / "worker")
+        env["METRICS_EXTRA_DIRS"] = f"{root / 'worker'},{root / 'worker-quality'}"
     return env
 
 

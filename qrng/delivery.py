@@ -12,23 +12,32 @@ Metering rules (one ledger row per request, idempotency key ``entropy:<request i
   ends early (the client disconnected, a source failed mid-stream), ``release`` gives back what never left
   the pool, as a second row ``entropy-release:<request id>``: the ledger's sum is the bytes taken out of the
   pool for the tenant, which are never served to anyone else.
+
+A stream holds a web worker thread while it is written, so streams are bounded per tenant (docs/qrng.md,
+"Long downloads"): at most ``QRNG_STREAMS_PER_TENANT`` at once (``tenants.slots``; one more is refused with 429
+before anything is reserved or drawn: nothing charged), each chunk must reach the client within
+``QRNG_STREAM_SEND_TIMEOUT_S`` (the socket's send timeout, under gunicorn) and the whole stream within
+``QRNG_STREAM_MAX_SECONDS``; a stream cut for either is released like any cut stream (the unserved bytes are
+given back).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 
-from portal.errors import ApiError, BadRequest, ServiceUnavailable
+from portal.errors import ApiError, BadRequest, RateLimited, ServiceUnavailable
 from qrng import formats, runtime
 from qrng.formats import FormatError
 from qrng.service import Draw, http_status, retry_after
 from qrng.sources import EntropySourceError
-from tenants import quota
+from tenants import quota, slots
 from tenants.meters import ENTROPY_BYTES
 from tenants.models import Tenant
 
@@ -46,10 +55,10 @@ def as_api_error(exc: Exception) -> ApiError:
     status = http_status(exc)
     if status == 400:
         return BadRequest(str(exc))
-    if status == 503:
+    if status == 503:  # the source's path or appliance address is for operators (and the log) only
         seconds = retry_after(exc) or 5
-        return ServiceUnavailable(str(exc), headers={"Retry-After": str(seconds)},
-                                  details={"retry_after_seconds": seconds})
+        return ServiceUnavailable(runtime.redact(str(exc)), headers={"Retry-After": str(seconds)},
+                                  details={"retry_after_seconds": seconds}, internal=str(exc))
     raise exc
 
 
@@ -90,15 +99,41 @@ def anu(tenant: Tenant, length: int, type: str, size: int, request_id: str) -> D
                     f"anu {type}")
 
 
+def stream_slot(tenant: Tenant) -> slots.Slot:
+    """One of the tenant's concurrent stream slots, or 429 (nothing reserved, drawn or charged)."""
+    limit = int(settings.QRNG_STREAMS_PER_TENANT)
+    slot = slots.acquire("entropy-stream", tenant.pk, limit, hold_s=2 * settings.QRNG_STREAM_SEND_TIMEOUT_S + 30)
+    if slot is None:
+        raise RateLimited(f"this tenant has {limit} streamed entropy downloads running already; wait for one to "
+                          "finish", details={"concurrent_streams": limit},
+                          headers={"Retry-After": str(max(1, math.ceil(settings.QRNG_STREAM_SEND_TIMEOUT_S / 6)))})
+    return slot
+
+
 class MeteredStream:
     """The body of a streamed response: encoded chunks, with the unserved remainder released on close.
 
     Django registers ``close`` as a resource closer of the ``StreamingHttpResponse``; the WSGI server calls
-    it when the response ends, completely or not (a client that hangs up).
+    it when the response ends, completely or not (a client that hangs up, or one too slow: ``sock``, the
+    client's socket under gunicorn, gets the send timeout).
     """
 
-    def __init__(self, tenant: Tenant, n: int, encoding: str, request_id: str):
+    def __init__(self, tenant: Tenant, n: int, encoding: str, request_id: str, sock=None):
         self.tenant, self.n, self.encoding, self.request_id = tenant, n, encoding, request_id
+        self._slot = stream_slot(tenant)  # first: a refused stream reserves and draws nothing
+        try:
+            self._open(tenant, n, encoding, request_id)
+        except BaseException:
+            self._slot.release()
+            raise
+        self._closed = False
+        self._deadline = time.monotonic() + settings.QRNG_STREAM_MAX_SECONDS
+        if sock is not None and hasattr(sock, "settimeout"):
+            # A client that does not take a chunk within this long is cut (gunicorn's write raises), and the
+            # thread goes back to the pool; gunicorn resets the socket for the connection's next request.
+            sock.settimeout(settings.QRNG_STREAM_SEND_TIMEOUT_S)
+
+    def _open(self, tenant: Tenant, n: int, encoding: str, request_id: str) -> None:
         reservation = quota.reserve(tenant, METER, n)  # held before the pool is drawn from
         try:
             try:
@@ -109,7 +144,6 @@ class MeteredStream:
             self.record = quota.settle(reservation, n, f"entropy:{request_id}", f"{encoding} stream: {n} bytes")
         finally:
             quota.release_reservation(reservation)  # a no-op once settled
-        self._closed = False
 
     @property
     def bytes_served(self) -> int:
@@ -123,10 +157,20 @@ class MeteredStream:
         return self.n
 
     def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._chunks)
         try:
-            yield from self._chunks
+            while True:
+                if time.monotonic() > self._deadline:  # checked before the next chunk leaves the pool
+                    # Headers are sent: the only honest signal left is a body shorter than Content-Length.
+                    log.warning("entropy stream %s cut after %d of %d bytes: longer than %d s",
+                                self.request_id, self.bytes_served, self.n, settings.QRNG_STREAM_MAX_SECONDS)
+                    return
+                chunk = next(chunks, None)
+                if chunk is None:
+                    return
+                self._slot.refresh()
+                yield chunk
         except EntropySourceError as exc:
-            # Headers are sent: the only honest signal left is a body shorter than Content-Length.
             log.warning("entropy stream %s cut after %d of %d bytes: %s",
                         self.request_id, self.bytes_served, self.n, exc)
 
@@ -134,9 +178,12 @@ class MeteredStream:
         if self._closed:
             return
         self._closed = True
-        self._chunks.close()
-        unserved = self.n - self.bytes_served
-        if unserved > 0:
-            quota.release(self.tenant, METER, unserved, f"entropy-release:{self.request_id}",
-                          reference=f"{self.encoding} stream cut: {unserved} of {self.n} bytes unserved",
-                          consumed_at=self.record.created_at)
+        try:
+            self._chunks.close()
+            unserved = self.n - self.bytes_served
+            if unserved > 0:
+                quota.release(self.tenant, METER, unserved, f"entropy-release:{self.request_id}",
+                              reference=f"{self.encoding} stream cut: {unserved} of {self.n} bytes unserved",
+                              consumed_at=self.record.created_at)
+        finally:
+            self._slot.release()

@@ -304,8 +304,51 @@ def _start_untested(service: EntropyService) -> dict[str, str]:
     return problems
 
 
-def capabilities() -> dict:
-    """The capabilities document: formats, limits, sources and their health, alarms; works with no source."""
+INTERNAL_SOURCE_FIELDS = ("host", "path", "url", "url_template")
+REDACTED = "(internal)"
+
+
+def _internal_strings() -> list[str]:
+    """Device paths, appliance URLs, hosts and credentials of the configured sources, longest first."""
+    try:
+        service = get_service()
+    except (EntropyNotConfigured, ImproperlyConfigured):
+        return []
+    found: set[str] = set()
+    for entry in service.sources.entries:
+        raw = entry.source.source
+        if getattr(raw, "path", None):
+            found.add(str(raw.path))
+        if hasattr(raw, "internal_strings"):
+            found |= raw.internal_strings()
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str | None) -> str | None:
+    """``text`` without the sources' paths, URLs, hosts and credentials (for tenants)."""
+    if not text:
+        return text
+    for secret in _internal_strings():
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def capabilities(include_internal: bool = False) -> dict:
+    """The capabilities document: formats, limits, sources and their health, alarms; works with no source.
+    Where the sources are (paths, appliance URLs) is for operators: ``include_internal``."""
+    body = _capabilities()
+    if not include_internal:
+        for source in body["sources"]:
+            for field in INTERNAL_SOURCE_FIELDS:
+                source.pop(field, None)
+            source["last_error"] = redact(source.get("last_error"))
+        body["reason"] = redact(body.get("reason"))
+        if isinstance(body.get("pool"), dict):
+            body["pool"]["last_error"] = redact(body["pool"].get("last_error"))
+    return body
+
+
+def _capabilities() -> dict:
     try:
         service = get_service()
     except EntropyNotConfigured as exc:

@@ -195,10 +195,22 @@ class EntropyService:
         }
 
     def quality_report(
-        self, n_bytes: int = quality.DEFAULT_REPORT_BYTES, source: str | None = None, progress=None
+        self, n_bytes: int = quality.DEFAULT_REPORT_BYTES, source: str | None = None, progress=None,
+        on_read: Callable[[int], None] | None = None,
     ) -> dict:
-        """Draw n bytes (from one source, or the pool) and run the battery; for a Celery task."""
+        """Draw n bytes (from one source, or the pool) and run the battery; for a Celery task.
+
+        ``on_read(n)`` after each read: the bytes taken out of the pool or source so far (for metering, also
+        when the report fails half-way)."""
         read, provenance = self._reader(source)
+        if on_read is not None:
+            inner = read
+
+            def read(n: int) -> bytes:
+                data = inner(n)
+                on_read(len(data))
+                return data
+
         report = quality.quality_report(read, n_bytes, progress)
         report["provenance"] = provenance_body(provenance)
         return report

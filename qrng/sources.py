@@ -241,7 +241,17 @@ class HttpSource(EntropySource):
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url_template).netloc
+        """``host:port`` of the appliance, never the ``user:password@`` a URL may carry (it goes into messages)."""
+        parts = urlsplit(self.url_template)
+        hostname = parts.hostname or ""
+        hostname = f"[{hostname}]" if ":" in hostname else hostname
+        return f"{hostname}:{parts.port}" if parts.port else hostname
+
+    def internal_strings(self) -> set[str]:
+        """What locates or unlocks the appliance: shown to operators only."""
+        parts = urlsplit(self.url_template)
+        return {x for x in (self.url_template, parts.netloc, self.host, parts.hostname, parts.username,
+                            parts.password) if x}
 
     def _backoff_delay(self, failures: int) -> float:
         return min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))

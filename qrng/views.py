@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
-from portal.errors import ApiError
+from portal.errors import ApiError, sees_internal
 from qrng import quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from tenants.models import WRITING_ROLES
@@ -36,7 +36,7 @@ def entropy_page(request: HttpRequest) -> HttpResponse:
             messages.error(request, exc.message)
         except ValueError:
             messages.error(request, "bytes must be a whole number")
-    capabilities = runtime.capabilities()
+    capabilities = runtime.capabilities(include_internal=sees_internal(request))
     context = {
         "tenant_context": ctx,
         "capabilities": capabilities,

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # CI runs as root on a fresh Debian 12: everything the suite needs, installed here
 install_debs postgresql redis-server curl
 # the IPsec lab (tests/ipsec): charon with kernel-libipsec, swanctl tools, namespaces, ping and tcpdump
-install_debs strongswan-charon libcharon-extra-plugins strongswan-swanctl iproute2 iputils-ping tcpdump
+install_debs strongswan-charon libcharon-extra-plugins libstrongswan-standard-plugins strongswan-swanctl iproute2 iputils-ping \
+  tcpdump   # (standard-plugins: AES-GCM for ESP, the default proposal)
 install_debs stunnel4 openssl          # TLS sessions (tests/tls)
 install_debs poppler-utils             # pdftotext reads invoice PDFs back (tests/billing)
 install_debs prometheus nginx-light systemd   # promtool, nginx -t, systemd-analyze (tests/ops)

@@ -3,16 +3,22 @@
 The HTTPS listener (``make run``: https://127.0.0.1:8443) is the key gateway (``services.gateway``): it asks
 for a client certificate, verifies it against the portal CA and serves ETSI 014 itself (``etsi_caller``).
 Every other path it forwards to the web listener with the verified certificate's serial in
-``X-Gateway-Client-Serial``, which Django believes only next to ``X-Gateway-Secret`` (a secret derived from
-``SECRET_KEY`` that only the portal's own processes know), as behind nginx's ``$ssl_client_serial``. A
-gunicorn TLS listener's verified certificate (``environ["gunicorn.socket"]``) is read as well. The
-certificate's serial must be the SAE's current one (re-issue or revocation retires old certificates at once).
+``X-Gateway-Client-Serial``, which Django believes only next to a fresh ``X-Gateway-Voucher``: an HMAC, under a
+key derived from ``SECRET_KEY`` that only the portal's own processes know, over the serial, the method, the
+request target, a nonce and the time (``make_voucher``; 30 s either way, used once), as behind nginx's
+``$ssl_client_serial``. A gunicorn TLS listener's verified certificate (``environ["gunicorn.socket"]``) is read
+as well. The certificate's serial must be the SAE's current one (re-issue or revocation retires old
+certificates at once).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
+import secrets
+import time
 from dataclasses import dataclass
 from functools import cache
 from types import SimpleNamespace
@@ -30,7 +36,8 @@ from .models import Sae
 from .saes import sae_for_certificate_serial
 
 SERIAL_HEADER = "X-Gateway-Client-Serial"
-SECRET_HEADER = "X-Gateway-Secret"  # noqa: S105 - a header name
+VOUCHER_HEADER = "X-Gateway-Voucher"
+SECRET_HEADER = "X-Gateway-Secret"  # noqa: S105 - the static header of earlier releases: stripped, never believed
 AUTHENTICATE_HEADER = 'Bearer realm="qxaas", mTLS'
 
 
@@ -54,15 +61,69 @@ class SaePrincipal:
         return f"sae:{self.sae.pk}"
 
 
+VOUCHER_MAX_AGE = 30  # seconds either way: the gateway and the web server share a host clock
+_VOUCHER_RE = re.compile(r"^(\d{1,12})\.([0-9a-f]{16})\.([0-9a-f]{64})$")
+
+logger = logging.getLogger(__name__)
+
+
 @cache
-def gateway_secret(secret_key: str | None = None) -> str:
-    """What the key gateway sends in ``X-Gateway-Secret`` to vouch for ``X-Gateway-Client-Serial``."""
-    key = (secret_key or settings.SECRET_KEY).encode()
-    return hmac.new(key, b"qxaas key gateway: verified client certificate", hashlib.sha256).hexdigest()
+def _voucher_key(secret_key: str) -> bytes:
+    return hmac.new(secret_key.encode(), b"qxaas key gateway voucher v2", hashlib.sha256).digest()
+
+
+def _voucher_mac(serial: str, method: str, target: str, timestamp: str, nonce: str) -> str:
+    message = "\n".join((timestamp, nonce, serial, method.upper(), target)).encode()
+    return hmac.new(_voucher_key(settings.SECRET_KEY), message, hashlib.sha256).hexdigest()
+
+
+def make_voucher(serial: str, method: str, target: str, now: float | None = None) -> str:
+    """What the key gateway sends in ``X-Gateway-Voucher`` for a verified certificate:
+    ``<unix time>.<nonce>.<HMAC>`` over the time, a random nonce, the serial, the method and the request target
+    (path and query as sent), under a key derived from ``SECRET_KEY`` that only the portal's processes know. It is
+    good for that one request target, for ``VOUCHER_MAX_AGE`` seconds, once (``check_voucher``)."""
+    timestamp, nonce = str(int(now if now is not None else time.time())), secrets.token_hex(8)
+    return f"{timestamp}.{nonce}.{_voucher_mac(serial, method, target, timestamp, nonce)}"
+
+
+def check_voucher(voucher: str, serial: str, method: str, target: str, now: float | None = None) -> bool:
+    """Whether ``voucher`` was made by the gateway for this serial, method and target, is fresh, and has not been
+    used before. Used vouchers are remembered in the cache (Redis when configured: shared by every web process)
+    until they are stale anyway; if the cache is away, a fresh bound voucher is still accepted (logged)."""
+    match = _VOUCHER_RE.match(voucher)
+    if match is None:
+        return False
+    timestamp, nonce, mac = match.groups()
+    if abs((now if now is not None else time.time()) - int(timestamp)) > VOUCHER_MAX_AGE:
+        return False
+    if not hmac.compare_digest(mac.encode(), _voucher_mac(serial, method, target, timestamp, nonce).encode()):
+        return False
+    from django.core.cache import cache
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        return cache.add(f"qxaas:voucher:{mac}", 1, timeout=2 * VOUCHER_MAX_AGE + 1)  # False: a replay
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis away: binding and freshness still hold
+        logger.warning("gateway voucher accepted without its replay check (cache unavailable: %s)", exc)
+        return True
+
+
+def request_target(request) -> str:
+    """The request target as the client sent it (gunicorn's RAW_URI), else Django's rebuilt path and query."""
+    return request.META.get("RAW_URI") or request.get_full_path()
 
 
 def peer_certificate_serial(request) -> str | None:
-    """The serial (hex) of the client certificate the TLS front verified, if any."""
+    """The serial (hex) of the client certificate the TLS front verified, if any (memoised on the request: a
+    voucher is good once)."""
+    django_request = getattr(request, "_request", request)
+    if not hasattr(django_request, "_qxaas_peer_serial"):
+        django_request._qxaas_peer_serial = _peer_certificate_serial(django_request)
+    return django_request._qxaas_peer_serial
+
+
+def _peer_certificate_serial(request) -> str | None:
     sock = request.META.get("gunicorn.socket")
     getpeercert = getattr(sock, "getpeercert", None)
     if getpeercert is not None:
@@ -73,8 +134,8 @@ def peer_certificate_serial(request) -> str | None:
         if der:
             return pki.serial_of(der)
     serial = request.META.get("HTTP_X_GATEWAY_CLIENT_SERIAL")
-    vouched = request.META.get("HTTP_X_GATEWAY_SECRET", "")
-    if serial and hmac.compare_digest(vouched.encode(), gateway_secret().encode()):
+    voucher = request.META.get("HTTP_X_GATEWAY_VOUCHER", "")
+    if serial and voucher and check_voucher(voucher, serial, request.method, request_target(request)):
         return serial
     return None
 

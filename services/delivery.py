@@ -122,11 +122,13 @@ def validate_key_request(limits: dict[str, Any], number: Any, size: Any, additio
 
 
 def backend_error(exc: Exception, node: QkdNode) -> Exception:
+    # The KME's own words are for operators and the log (with the request ID): they may name its key IDs, its
+    # address or the portal's backend SAEs. Tenants get a stable code and the request ID.
     if isinstance(exc, KmeRejected):
-        return BadRequest(f"the KME of {node.node_id} rejected the request: {exc.message}")
-    # The KME's own words stay in the log: they may name its key IDs or the portal's backend SAEs.
-    logger.warning("the KME of %s cannot deliver keys: %s", node.node_id, exc.message)
-    return ServiceUnavailable(f"the KME of {node.node_id} cannot deliver keys now; nothing was charged")
+        return BadRequest(f"the KME of {node.node_id} rejected the request", code="kme_rejected",
+                          internal=exc.message)
+    return ServiceUnavailable(f"the KME of {node.node_id} cannot deliver keys now; nothing was charged",
+                              code="kme_unavailable", internal=exc.message)
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,8 @@ def link_path(source: QkdNode, destination: QkdNode) -> list[str]:
         topology = registry.client_for(source).topology()
     except (KmeRejected, KmeUnavailable) as exc:
         raise ServiceUnavailable(
-            f"the KME of {source.node_id} exposes no link topology, which per-hop extraction needs "
-            f"({exc.message}); use mode=end-to-end") from None
+            f"the KME of {source.node_id} exposes no link topology, which per-hop extraction needs; "
+            "use mode=end-to-end", code="kme_unavailable", internal=exc.message) from None
     neighbours: dict[str, set[str]] = {}
     for link in topology.get("links", []) if isinstance(topology, dict) else []:
         ends = link.get("endpoints") if isinstance(link, dict) else None

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from rest_framework.parsers import JSONParser
 
-from portal.errors import BadRequest, describe
+from portal.errors import BadRequest, describe, log_internal
 
 from .delivery import parse_key_ids
 
@@ -95,6 +95,7 @@ def describe_etsi(exc: Exception, *, standard_statuses: bool = True) -> tuple[in
     014 paths' statuses (``standard_status``); the 004 views, which the standard gives no HTTP binding, keep
     the portal's."""
     status_code, _code, message, details, headers = describe(exc)
+    log_internal(exc)  # a backend's own words: in the log under the request ID (X-Request-ID), not in the body
     body: dict[str, Any] = {"message": message}
     if details is not None:
         body["details"] = details if isinstance(details, list) else [details if isinstance(details, dict)

@@ -132,10 +132,11 @@ def link_status(master_node: QkdNode, master_sae: str, slave_sae: str, *, fresh:
             logger.warning("the KME of %s did not answer status (%s): using its limits read %.0f s ago",
                            master_node.node_id, exc.message, now - hit[0])
             return hit[1]
-        raise ServiceUnavailable(f"the KME of {master_node.node_id} is unavailable: {exc.message}") from None
+        raise ServiceUnavailable(f"the KME of {master_node.node_id} is unavailable", code="kme_unavailable",
+                                 internal=exc.message) from None
     except KmeRejected as exc:
-        raise ServiceUnavailable(
-            f"the KME of {master_node.node_id} refused the status request: {exc.message}") from None
+        raise ServiceUnavailable(f"the KME of {master_node.node_id} refused the status request",
+                                 code="kme_rejected", internal=exc.message) from None
     _status_failures.pop(key, None)
     _status_cache[key] = (now, status)
     return status

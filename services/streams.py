@@ -14,8 +14,15 @@ reads it first; the peer reading the same index is not charged again. Bad input 
 reaches the backend, so it costs nothing and loses no chunk.
 
 Rate: chunk ``i`` is due ``(i + 1 - burst) * chunk_bits / Max_bps`` seconds after both SAEs connected (a token
-bucket of ``BURST_S`` seconds). A ``get_key`` ahead of that waits within the QoS ``Timeout`` or gets status 2,
-so no SAE draws link key faster than its stream's ``Max_bps``. The Celery task ``fill_streams`` makes the
+bucket of ``BURST_S`` seconds). A ``get_key`` ahead of that waits within the QoS ``Timeout`` or gets status 6,
+so no SAE draws link key faster than its stream's ``Max_bps``.
+
+Waits hold a web worker thread, so they are bounded twice (docs/gateway.md, "Waiting get_key calls"): the
+Timeout granted is at most ``ETSI004_MAX_TIMEOUT_MS`` (1 s by default; the backend stream is opened with the
+same Timeout, so the KME's own wait for key is bounded alike), and a call that may wait (its chunk not yet due,
+or not made ahead at the KME) first takes one of its tenant's ``ETSI004_WAITING_CALLS_PER_TENANT`` slots
+(``tenants.slots``). With none free it is answered at once with status 2 (key not yet available: ask again),
+charged nothing and taking nothing from the KME. The Celery task ``fill_streams`` makes the
 chunks that fall due in the next ``FILL_AHEAD_S`` seconds at the backend ahead of time, so ``get_key``
 answers from the backend's buffer.
 """
@@ -29,13 +36,14 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from portal.errors import BadRequest, ServiceUnavailable, Unauthorized
-from tenants import quota
+from tenants import quota, slots
 from tenants.meters import KEY_BITS
 from tenants.models import UsageRecord
 
@@ -94,11 +102,23 @@ def optional_int(value: Any, name: str, maximum: int = MAX_INDEX) -> int | None:
     return number
 
 
+def max_timeout_ms() -> int:
+    """The longest QoS Timeout the portal grants: a get_key waits in a web worker thread for at most this."""
+    return max(0, min(spec.MAX_TIMEOUT_MS, int(settings.ETSI004_MAX_TIMEOUT_MS)))
+
+
 def validate_qos(raw: Any) -> dict[str, Any]:
     try:
-        return spec.validate_qos(raw)
+        qos = spec.validate_qos(raw)
     except spec.Etsi004Error as exc:
         raise BadRequest(exc.message, details=exc.details) from None
+    qos["Timeout"] = min(qos["Timeout"], max_timeout_ms())  # granted as enforced (OPEN_CONNECT answers it)
+    return qos
+
+
+def granted_timeout_s(stream: KeyStream) -> float:
+    """The stream's QoS Timeout in seconds, never above today's cap (for streams opened under a larger one)."""
+    return min(int(stream.qos["Timeout"]), max_timeout_ms()) / 1000
 
 
 # -- backend ------------------------------------------------------------------------------------------------
@@ -108,7 +128,8 @@ def backend(node: QkdNode) -> Kme004Client:
 
 def _backend_error(exc: KmeRejected | KmeUnavailable, node: QkdNode) -> ServiceUnavailable:
     # The caller's input was validated here first: a refusal by the KME is the backend's state, not the caller's.
-    return ServiceUnavailable(f"the KME of {node.node_id} cannot serve the key stream now: {exc.message}")
+    return ServiceUnavailable(f"the KME of {node.node_id} cannot serve the key stream now", code="kme_unavailable",
+                              internal=exc.message)
 
 
 def _side(stream: KeyStream, caller: Sae) -> str:
@@ -208,8 +229,11 @@ def open_connect(caller: Sae, body: dict[str, Any]) -> dict[str, Any]:
             pair.master_sae, pair.slave_sae, qos=qos, key_stream_id=str(backend_ksid), acting_as=pair.master_sae)
     except (KmeRejected, KmeUnavailable) as exc:
         raise _backend_error(exc, pair.master_node) from None
-    # The KME's QoS over ours: its counter-proposal (status 7/4) or what it granted (status 1).
+    # The KME's QoS over ours: its counter-proposal (status 7/4) or what it granted (status 1); never a longer
+    # Timeout than the portal grants.
     negotiated = {**qos, **{k: v for k, v in (answer.qos or {}).items() if k in spec.QOS_DEFAULTS}}
+    if isinstance(negotiated.get("Timeout"), int):
+        negotiated["Timeout"] = min(negotiated["Timeout"], qos["Timeout"])
     if answer.status in (client004.QOS_NOT_MET, client004.NO_QKD_CONNECTION):
         return {"status": answer.status, "Key_stream_ID": None, "QoS": negotiated}
     if answer.status != client004.PEER_NOT_CONNECTED:
@@ -302,12 +326,36 @@ def _hand_out(stream: KeyStream, side: str, index: int, now: datetime, metadata_
               metering_key: str, reservation: quota.Reservation | None) -> dict[str, Any]:
     # Rate shaping at Max_bps: wait for the chunk to fall due within the QoS Timeout, or say status 6.
     wait = (due_at(stream, index) - now).total_seconds()
-    if wait > 0:
-        if wait > min(spec.MAX_TIMEOUT_MS, stream.qos["Timeout"]) / 1000:
-            return _answer(stream, client004.TIMEOUT, index=index,
-                           message=f"chunk {index} is due in {wait:.3f} s at the stream's Max_bps, after the "
-                                   "QoS Timeout")
-        time.sleep(wait)
+    if wait > granted_timeout_s(stream):
+        return _answer(stream, client004.TIMEOUT, index=index,
+                       message=f"chunk {index} is due in {wait:.3f} s at the stream's Max_bps, after the "
+                               "QoS Timeout")
+    slot = None
+    if may_wait(stream, index, wait):
+        slot = slots.acquire("etsi004-wait", stream.tenant_id, int(settings.ETSI004_WAITING_CALLS_PER_TENANT),
+                             hold_s=granted_timeout_s(stream) + 30)
+        if slot is None:
+            return _answer(stream, client004.INSUFFICIENT_KEY, index=index, message=(
+                f"chunk {index} is not available yet and this tenant has "
+                f"{settings.ETSI004_WAITING_CALLS_PER_TENANT} get_key calls waiting already; ask again"
+                + (f" in {wait:.3f} s" if wait > 0 else "")))
+    try:
+        if wait > 0:
+            time.sleep(wait)
+        return _take_chunk(stream, side, index, metadata_size, bits, metering_key, reservation)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+def may_wait(stream: KeyStream, index: int, wait: float) -> bool:
+    """Whether serving chunk ``index`` may wait: it is not due yet (Max_bps), or it was not made ahead at the
+    KME, which then waits up to the stream's Timeout for key to make it."""
+    return wait > 0 or index > stream.prefetched_to or not prefetch_supported(stream.source.node)
+
+
+def _take_chunk(stream: KeyStream, side: str, index: int, metadata_size: int | None, bits: int,
+                metering_key: str, reservation: quota.Reservation | None) -> dict[str, Any]:
     node, backend_sae = _backend_identity(stream, side)
     try:
         answer = backend(node).get_key(str(stream.backend_ksid), index=index, acting_as=backend_sae)
@@ -400,7 +448,8 @@ def lost_at_backend(stream: KeyStream, node: QkdNode, exc: KmeRejected) -> dict[
     SAEs could no longer agree on the stream's chunks. The stream ends here too, its ``key_streams`` slot is
     released (once, by ``orders.finish``), and the SAE is told with 004 status 4 (no QKD connection); it may open
     a new stream."""
-    if orders.finish(stream, KeyStream.State.CLOSED, f"lost at the KME of {node.node_id}: {exc.message}"[:500]):
+    # The stream's reason is shown to its tenant: the KME's own words go to the log only.
+    if orders.finish(stream, KeyStream.State.CLOSED, f"lost at the KME of {node.node_id} (KME restart)"):
         log.warning("key stream %s ended: the KME of %s no longer knows it (%s)", stream.ksid, node.node_id,
                     exc.message)
     return _answer(stream, client004.NO_QKD_CONNECTION,

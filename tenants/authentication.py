@@ -67,3 +67,23 @@ class ApiKeyHeaderScheme(OpenApiAuthenticationExtension):
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "x-api-key",
                 "description": "a portal API token, as the ANU QRNG API's x-api-key (ANU-compatible endpoint)"}
+
+
+class SessionRefused(BaseAuthentication):
+    """Last in ``TOKEN_ONLY``: a request that reached it has no token; if it carries a signed-in browser
+    session, say why that is not enough (instead of the generic 401)."""
+
+    def authenticate(self, request):
+        user = getattr(request._request, "user", None)
+        if user is not None and user.is_authenticated:
+            raise AuthenticationFailed("this GET takes keys or entropy out of the service: use an API token "
+                                       "(Authorization: Bearer ...), not a browser session")
+        return None
+
+    def authenticate_header(self, request) -> str:
+        return WWW_AUTHENTICATE
+
+
+# For GETs that change state (a key or entropy drawn and metered): a browser's cookie, which any cross-site
+# link would carry, is not accepted (no CSRF check protects a GET).
+TOKEN_ONLY = [BearerTokenAuthentication, SessionRefused]

@@ -255,37 +255,18 @@ def _consume_pipelined(tenant: Tenant, meter: str, amount: int, idempotency_key:
     keys = [quota_key(meter, window) for window in spec.windows]
     if connection.vendor != "postgresql" or connection.in_atomic_block or any(k not in limits for k in keys):
         return None
-    import psycopg
-
     record = UsageRecord(tenant=tenant, meter=meter, kind=UsageRecord.Kind.CONSUME, quantity=amount,
                          unit=spec.unit, reference=reference[:200], idempotency_key=idempotency_key,
                          order_id=order_id, created_at=now)
-    try:
-        with transaction.atomic():
-            try:
-                connection.ensure_connection()
-                raw = connection.connection
-                with raw.pipeline():
-                    updates = []
-                    for window, key in zip(spec.windows, keys, strict=True):
-                        updates.append(raw.cursor())
-                        updates[-1].execute(*_add_statement(tenant, key, window_bounds(window, now)[0], amount,
-                                                            limits[key]))
-                    ledger = raw.cursor()
-                    ledger.execute(_LEDGER_INSERT, [tenant.pk, meter, record.kind, amount, spec.unit,
-                                                    record.reference, idempotency_key, order_id,
-                                                    connection.ops.adapt_datetimefield_value(now)])
-                    if then is not None:
-                        then(record)
-                inserted = ledger.fetchone()
-            except (psycopg.Error, DatabaseError) as exc:
-                raise _NotTheCommonCase from exc
-            if inserted is None or any(u.rowcount != 1 for u in updates):
-                raise _NotTheCommonCase
-        # An error of the COMMIT itself is not caught: it may have committed, and the general path would then
-        # call it a replay ("nothing charged") while it was charged.
-    except _NotTheCommonCase:
+    statements = [_add_statement(tenant, key, window_bounds(window, now)[0], amount, limits[key])
+                  for window, key in zip(spec.windows, keys, strict=True)]
+    statements.append((_LEDGER_INSERT, [tenant.pk, meter, record.kind, amount, spec.unit, record.reference,
+                                        idempotency_key, order_id, connection.ops.adapt_datetimefield_value(now)]))
+    # A replayed idempotency key inserts no ledger row (rowcount 0): not the common case either.
+    done = _pipeline(statements, then=None if then is None else lambda: then(record))
+    if done is None:
         return None
+    inserted = done[-1][1]
     record.pk = inserted[0]
     record._state.adding = False
     record.replayed = False
@@ -483,6 +464,8 @@ def _pipeline(statements: list[tuple[str, list]], then: Callable[[], None] | Non
                 raise _NotTheCommonCase from exc
             if any(rowcount != 1 for rowcount, _ in results):
                 raise _NotTheCommonCase
+        # An error of the COMMIT itself is not caught: it may have committed, and the general path would then
+        # call it a replay ("nothing charged") while it was charged.
     except _NotTheCommonCase:
         return None
     return results

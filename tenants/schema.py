@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.drainage import set_override
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import inline_serializer
 from rest_framework import permissions, serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import DefaultContentNegotiation
+
+from .authentication import SessionRefused
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):
@@ -155,3 +158,16 @@ def _any_or_null(node: Any) -> Any:
 def postprocess(result: dict, generator, request, public) -> dict:
     """``SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"]`` (after the enum hook)."""
     return _any_or_null(result)
+
+
+class SessionRefusedScheme(BearerTokenScheme):
+    """``SessionRefused`` adds no way in: the endpoint is documented with the bearer token alone (it shares the
+    bearerAuth component, hence the collision warning switched off for it)."""
+
+    target_class = "tenants.authentication.SessionRefused"
+
+    def get_security_requirement(self, auto_schema):
+        return None
+
+
+set_override(SessionRefused, "suppress_collision_warning", True)

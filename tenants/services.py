@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
-from portal.errors import Conflict, Forbidden
+from portal.errors import BadRequest, Conflict, Forbidden, NotFound
 
-from .models import Membership, Plan, PlanQuota, Role, Tenant, TenantQuotaOverride
+from .models import Invitation, Membership, Plan, PlanQuota, Role, Tenant, TenantQuotaOverride
 from .tokens import narrow_tokens
 
 
@@ -50,12 +52,55 @@ def _owners(tenant: Tenant) -> int:
     return Membership.objects.for_tenant(tenant).filter(role=Role.OWNER).count()
 
 
-def add_member(tenant: Tenant, user, role: str, acting_role: str | None) -> Membership:
+def invite(tenant: Tenant, handle: str, role: str, invited_by, acting_role: str | None) -> Invitation:
+    """Invite the user with username or email ``handle`` to ``tenant``; they become a member when they accept.
+
+    The answer does not depend on whether such a user exists (no account or email enumeration)."""
+    handle = (handle or "").strip()
+    if not handle:
+        raise BadRequest("give the username or the email of the user to invite")
+    if role not in Role.values:
+        raise BadRequest(f"unknown role {role!r}", details={"roles": list(Role.values)})
     if role == Role.OWNER and acting_role not in (Role.OWNER, None):
         raise Forbidden("only an owner can make someone an owner")
-    if Membership.objects.for_tenant(tenant).filter(user=user).exists():
-        raise Conflict(f"{user.username} is already a member of {tenant.slug}")
-    return Membership.objects.create(tenant=tenant, user=user, role=role)
+    pending = Invitation.objects.for_tenant(tenant).filter(invitee__iexact=handle, status=Invitation.Status.PENDING,
+                                                           expires_at__gt=timezone.now())
+    if pending.exists():
+        raise Conflict(f"{handle!r} already has a pending invitation to {tenant.slug}")
+    users = get_user_model().objects.filter(is_active=True)
+    user = (users.filter(email__iexact=handle) if "@" in handle else users.filter(username=handle)).first()
+    if user is not None and Membership.objects.for_tenant(tenant).filter(user=user).exists():
+        user = None  # already a member: nothing to accept (and no different answer to tell it)
+    return Invitation.objects.create(tenant=tenant, invitee=handle, user=user, role=role, invited_by=invited_by)
+
+
+def pending_invitations(user):
+    """The invitations ``user`` can still accept, across tenants (the invitee is not a member yet)."""
+    return Invitation.objects.unscoped().select_related("tenant", "invited_by").filter(
+        user=user, status=Invitation.Status.PENDING, expires_at__gt=timezone.now()
+    )
+
+
+@transaction.atomic
+def respond_to_invitation(invitation_id: int, user, accept: bool) -> Invitation:
+    """Accept (join the tenant with the invited role) or decline one of ``user``'s pending invitations."""
+    invitation = pending_invitations(user).select_for_update(of=("self",)).filter(pk=invitation_id).first()
+    if invitation is None:
+        raise NotFound("no pending invitation with that id for you")
+    if accept:
+        Membership.objects.for_tenant(invitation.tenant).get_or_create(
+            tenant=invitation.tenant, user=user, defaults={"role": invitation.role}
+        )
+    invitation.status = Invitation.Status.ACCEPTED if accept else Invitation.Status.DECLINED
+    invitation.responded_at = timezone.now()
+    invitation.save(update_fields=["status", "responded_at"])
+    return invitation
+
+
+def revoke_invitation(invitation: Invitation) -> None:
+    Invitation.objects.for_tenant(invitation.tenant_id).filter(
+        pk=invitation.pk, status=Invitation.Status.PENDING
+    ).update(status=Invitation.Status.REVOKED, responded_at=timezone.now())
 
 
 @transaction.atomic

@@ -7,4 +7,5 @@ urlpatterns = [
     path("tokens/", views.token_page, name="tokens"),
     path("usage/", views.usage_page, name="usage"),
     path("operator/tenants/", views.operator_tenants, name="operator-tenants"),
+    path("invitations/", views.invitations_page, name="invitations"),
 ]

@@ -1,4 +1,5 @@
-"""The tenant's web pages: dashboard (quotas), API tokens, usage ledger, and the operators' tenant list."""
+"""The tenant's web pages: dashboard (quotas), API tokens, usage ledger, invitations, and the operators' tenant
+list."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.views.decorators.http import require_http_methods
 from portal.errors import ApiError
 from portal.health import readiness
 
-from . import quota, tokens
+from . import quota, services, tokens
 from .models import ApiToken, Membership, Scope, Tenant, UsageRecord
 from .tenancy import web_tenant
 
@@ -83,3 +84,23 @@ def operator_tenants(request: HttpRequest) -> HttpResponse:
                      "entropy": states.get("entropy_bytes.month")})
     _ok, health = readiness()  # which dependency is down, for operators
     return render(request, "tenants/operator_tenants.html", {"rows": rows, "health": health})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def invitations_page(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's invitations to join tenants: accept or decline."""
+    if request.method == "POST":
+        accept = "accept" in request.POST
+        try:
+            pk = int(request.POST.get("accept") or request.POST.get("decline") or "")
+            invitation = services.respond_to_invitation(pk, request.user, accept=accept)
+        except ValueError:
+            messages.error(request, "no invitation chosen")
+        except ApiError as exc:
+            messages.error(request, exc.message)
+        else:
+            verb = "joined" if accept else "declined the invitation to"
+            messages.success(request, f"You {verb} {invitation.tenant.name}.")
+        return redirect("invitations")
+    return render(request, "tenants/invitations.html", {"invitations": services.pending_invitations(request.user)})

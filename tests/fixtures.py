@@ -181,3 +181,13 @@ def https_and_web(transactional_db, backend_twin, tmp_path):
 @pytest.fixture
 def https_portal(https_and_web):
     return https_and_web[0]
+
+
+def same_error(a, b) -> bool:
+    """The same error body but for its request ID (each request has its own)."""
+    def body(response):
+        data = response.json()
+        if isinstance(data.get("error"), dict):
+            data["error"].pop("request_id", None)
+        return data
+    return body(a) == body(b)

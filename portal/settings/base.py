@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import ssl
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -55,8 +56,35 @@ def _persistent_secret(name: str, nbytes: int = 48) -> str:
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="") or _persistent_secret("secret_key")
-# Seals the key IDs tenants see (services.keyids); changing it makes the key IDs handed out before unknown.
-KEY_ID_SECRET = env.str("KEY_ID_SECRET", default="") or SECRET_KEY
+
+
+def _versioned(value: str, name: str) -> dict[int, str]:
+    """``"id:secret,id:secret"`` as {id: secret}; empty secrets refused."""
+    try:
+        parsed = {int(k): v for k, v in (item.split(":", 1) for item in value.split(",") if item)}
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be 'id:secret,id:secret' with integer ids") from None
+    if not parsed or not all(parsed.values()):
+        raise ImproperlyConfigured(f"{name} needs 'id:secret' pairs with non-empty secrets")
+    return parsed
+
+
+def _key_id_secrets(value: str) -> dict[int, str]:
+    """KEY_ID_SECRETS: versioned, versions >= 0 that differ modulo 16 (a key ID carries its version mod 16)."""
+    parsed = _versioned(value, "KEY_ID_SECRETS")
+    if min(parsed) < 0 or len({v % 16 for v in parsed}) != len(parsed):
+        raise ImproperlyConfigured("KEY_ID_SECRETS versions must be >= 0 and differ modulo 16 (at most 16 listed)")
+    return parsed
+
+
+# Seal the key IDs tenants see (services.keyids): "version:secret,..."; new IDs carry and use the highest version,
+# older versions are kept to open the IDs handed out before a rotation. A secret of its own, not SECRET_KEY: the
+# embedded default generates one and keeps SECRET_KEY as version 0 only so IDs sealed by earlier releases (which
+# used SECRET_KEY) still open. KEY_ID_SECRET (one secret, earlier releases) is still read, as version 1.
+_key_id_env = env.str("KEY_ID_SECRETS", default="") or (
+    f"1:{env.str('KEY_ID_SECRET')}" if env.str("KEY_ID_SECRET", default="") else "")
+KEY_ID_SECRETS = (_key_id_secrets(_key_id_env) if _key_id_env
+                  else {0: SECRET_KEY, 1: _persistent_secret("key_id_secret")})
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -66,9 +94,7 @@ HEALTH_TOKEN = env.str("HEALTH_TOKEN", default="") or _persistent_secret("health
 # API token peppers: "id:secret,id:secret"; new tokens use the highest id, old ones keep verifying
 # with the pepper they were hashed with, so a pepper can be rotated without invalidating tokens.
 _peppers = env.str("API_TOKEN_PEPPERS", default="") or f"1:{_persistent_secret('token_pepper')}"
-API_TOKEN_PEPPERS = {int(k): v for k, v in (item.split(":", 1) for item in _peppers.split(",") if item)}
-if not API_TOKEN_PEPPERS or not all(API_TOKEN_PEPPERS.values()):
-    raise ImproperlyConfigured("API_TOKEN_PEPPERS needs 'id:secret' pairs with non-empty secrets")
+API_TOKEN_PEPPERS = _versioned(_peppers, "API_TOKEN_PEPPERS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -152,14 +178,42 @@ elif _db["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, Celery ---------------------------------------------------------------------------
+# Redis is a trust boundary (docs/operations.md): AUTH/ACL in the URL (redis://user:password@host:6379/0), TLS with
+# rediss:// (the CA, a client certificate and key in the query: ?ssl_ca_certs=/etc/qxaas/redis-ca.pem&
+# ssl_certfile=...&ssl_keyfile=...; certificates are verified unless the URL says ssl_cert_reqs=none), or a unix
+# socket (unix://user:password@/run/redis/redis.sock?db=0). One URL serves the cache, the rate limits, the
+# entropy pool and, by default, the Celery broker.
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"serializer": "portal.cache.JSONSerializer"},  # never pickle what Redis hands back
+        "VERSION": 2,  # the keys of the JSON era: values pickled by earlier releases are never read
+    }}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+
+def _kombu_redis_url(url: str) -> str:
+    """The broker URL for a Redis URL: kombu spells a unix socket ``redis+socket://`` (db as virtual_host)."""
+    if not url.startswith("unix://"):
+        return url
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", ["0"])[0]
+    return f"redis+socket://{parts.netloc}{parts.path}?virtual_host={db}"
+
+
+def _verified_tls(url: str | None) -> dict | None:
+    """kombu and Celery's Redis result backend take a rediss:// URL without ssl_* query parameters as "TLS without
+    certificate checks"; the portal verifies unless the URL itself says otherwise."""
+    if not url or not url.startswith("rediss://") or "ssl_" in urlsplit(url).query:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
 CELERY_DATA_DIR = VAR_DIR / "celery"
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL or "filesystem://"
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or _kombu_redis_url(REDIS_URL) or "filesystem://"
+CELERY_BROKER_USE_SSL = _verified_tls(CELERY_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Embedded default: kombu's filesystem transport, a real broker with no server to install.
@@ -173,6 +227,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(CELERY_DATA_DIR / "control"),  # kombu's default is ./control in the cwd
     }
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+CELERY_REDIS_BACKEND_USE_SSL = _verified_tls(CELERY_RESULT_BACKEND)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -197,6 +252,13 @@ if not CELERY_BROKER_URL.startswith("filesystem://"):
     # Redis: abandoned messages are looked for every 10 s (kombu's default: every 100 s).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TASK_VISIBILITY_TIMEOUT_S,
                                        "unacked_restore_interval": 10, "unacked_restore_throttle": 1}
+# Quality reports draw up to 16 MiB and run a statistical battery for seconds to minutes: their own queue, served
+# by their own worker (make run: "worker-quality"; deploy/systemd: qxaas-worker-quality.service), so they never
+# hold up the default queue's provisioning, key-stream filling and order expiry.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+QRNG_QUALITY_QUEUE = "quality"
+CELERY_TASK_ROUTES = {"qrng.tasks.run_quality_report": {"queue": QRNG_QUALITY_QUEUE}}
+METRICS_CELERY_QUEUES = [CELERY_TASK_DEFAULT_QUEUE, QRNG_QUALITY_QUEUE]  # queue depths on /metrics
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
@@ -284,6 +346,20 @@ SPECTACULAR_SETTINGS = {
     # nullable free-form JSON is {} (which allows null), not oneOf [{}, null] (where null matches twice)
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tenants.schema.postprocess"],
 }
+
+# --- Long requests on the web listener (docs/operations.md, "Slow clients and long requests") --------------
+# A request that waits or streams holds a web worker thread; each tenant gets a few slots of each kind
+# (tenants.slots), so one tenant's slow clients never take every thread. 0 = no per-tenant limit.
+ETSI004_MAX_TIMEOUT_MS = env.int("ETSI004_MAX_TIMEOUT_MS", default=1000)  # longest QoS Timeout granted (<= 10 s)
+ETSI004_WAITING_CALLS_PER_TENANT = env.int("ETSI004_WAITING_CALLS_PER_TENANT", default=2)
+QRNG_STREAMS_PER_TENANT = env.int("QRNG_STREAMS_PER_TENANT", default=2)  # concurrent streamed entropy downloads
+QRNG_STREAM_SEND_TIMEOUT_S = env.float("QRNG_STREAM_SEND_TIMEOUT_S", default=30.0)  # per chunk written to a client
+QRNG_STREAM_MAX_SECONDS = env.int("QRNG_STREAM_MAX_SECONDS", default=900)  # a longer download is cut
+# The key gateway's proxy to the web listener: connect, and the longest silence while reading an answer.
+GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S", default=10.0)
+GATEWAY_UPSTREAM_READ_TIMEOUT_S = env.float("GATEWAY_UPSTREAM_READ_TIMEOUT_S", default=60.0)
+# ... and the longest a slow client of the gateway may take to accept one forwarded chunk.
+GATEWAY_CLIENT_WRITE_TIMEOUT_S = env.float("GATEWAY_CLIENT_WRITE_TIMEOUT_S", default=30.0)
 
 # --- SD-QKD backends -----------------------------------------------------------------------------------
 # The embedded twin writes endpoints.json into its state directory; the portal registers its nodes from it.

@@ -1,12 +1,18 @@
 """Production settings: secrets must come from the environment (fail fast), HTTPS everywhere."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .base import *  # noqa: F403
-from .base import env
+from .base import _key_id_secrets, _versioned, env
 
 SECRET_KEY = env.str("SECRET_KEY")  # no default: refuse to start without a real secret
-API_TOKEN_PEPPERS = {  # no default either: rotating it must be a deliberate operator action
-    int(k): v for k, v in (item.split(":", 1) for item in env.str("API_TOKEN_PEPPERS").split(",") if item)
-}
+# No default either: rotating it must be a deliberate operator action.
+API_TOKEN_PEPPERS = _versioned(env.str("API_TOKEN_PEPPERS"), "API_TOKEN_PEPPERS")
+# Key-ID secrets: required, "version:secret,..." (services.keyids). The sealing (highest) version must not be
+# SECRET_KEY; an older version may be, for a while, to open the IDs an earlier release sealed with it.
+KEY_ID_SECRETS = _key_id_secrets(env.str("KEY_ID_SECRETS"))
+if KEY_ID_SECRETS[max(KEY_ID_SECRETS)] == SECRET_KEY:
+    raise ImproperlyConfigured("KEY_ID_SECRETS: the newest version seals new key IDs and must not reuse SECRET_KEY")
 DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)

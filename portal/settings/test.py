@@ -13,3 +13,8 @@ STORAGES = {
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 # Tests decide which bytes a source serves and when; the ones about the filler thread start it themselves.
 QRNG_POOL_FILLER_THREAD = False
+# Tests serve static files from the apps' folders (no collectstatic step), so pages render with their assets in the
+# browser tests; the empty STATIC_ROOT keeps WhiteNoise from warning on every request handler it builds.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405

@@ -8,16 +8,20 @@ from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiRespo
 from rest_framework import mixins, permissions, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from portal.errors import error_body
+from portal.errors import error_body, sees_internal
 from qrng import delivery, formats, quality, reports, runtime, tasks
 from qrng.models import QualityReport
 from qrng.service import SIMULATED_NOTICE, provenance_body, provenance_headers
 from qrng.sources import EntropySourceError
 from tenants.api.base import IsOperator, TenantAPIView, TenantScopedViewSet
-from tenants.authentication import ApiKeyHeaderAuthentication
+from tenants.authentication import (
+    TOKEN_ONLY,
+    ApiKeyHeaderAuthentication,
+    BearerTokenAuthentication,
+    SessionRefused,
+)
 
 from .serializers import (
     AnuQuerySerializer,
@@ -40,10 +44,13 @@ PROVENANCE_DOC = (
     "`X-Entropy-Health`; `X-Request-Id` on every response (errors too)."
 )
 ERRORS = {
-    400: OpenApiResponse(description="bad parameters (`{\"error\": {...}}`)"),
+    400: OpenApiResponse(description="bad parameters, or format=int without min and max or with min above max, "
+                                     "format=normal with stddev not above 0, bytes above the operator's "
+                                     "QRNG_MAX_REQUEST_BYTES"),
     403: OpenApiResponse(description="the token lacks the `entropy:read` scope"),
-    429: OpenApiResponse(description="entropy quota exhausted (RateLimit headers), or the token's rate limit "
-                                     "(Retry-After); nothing was served or charged"),
+    429: OpenApiResponse(description="entropy quota exhausted (RateLimit headers), the token's rate limit "
+                                     "(Retry-After), or the tenant's streamed downloads at their concurrent "
+                                     "limit (Retry-After); nothing was served or charged"),
     503: OpenApiResponse(description="no healthy entropy source can serve now (Retry-After); nothing was "
                                      "charged"),
 }
@@ -102,8 +109,7 @@ ENTROPY_PARAMETERS = [
 
 
 class EntropyView(EntropyViewMixin, TenantAPIView):
-    schema_refusals = {"get": "format=int without min and max or with min above max, format=normal with stddev "
-                              "not above 0, or bytes above the operator's QRNG_MAX_REQUEST_BYTES"}
+    authentication_classes = TOKEN_ONLY  # a GET that draws metered entropy: no browser session (cross-site links)
 
     @extend_schema(
         summary="Draw health-tested QRNG entropy in a format (raw bytes streamed for curl -o)",
@@ -111,7 +117,11 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
             "Entropy from the operator's health-tested sources (NIST SP 800-90B continuous tests), each byte "
             "served once, to one request. Metered on `entropy_bytes`: exactly the bytes consumed, rejected "
             "integer draws included (`bytes_consumed`). Streamed responses reserve the requested bytes and give "
-            "back what was not served if the download is cut.\n\n" + SIMULATED_DOC + "\n\n" + PROVENANCE_DOC
+            "back what was not served if the download is cut. A tenant runs at most `QRNG_STREAMS_PER_TENANT` "
+            "streamed downloads at once (2 by default; one more is a 429, nothing charged); a client that takes "
+            "no chunk for `QRNG_STREAM_SEND_TIMEOUT_S` (30 s), or a download longer than "
+            "`QRNG_STREAM_MAX_SECONDS` (900 s), is cut (the body is then shorter than Content-Length and the "
+            "unserved bytes are given back).\n\n" + SIMULATED_DOC + "\n\n" + PROVENANCE_DOC
         ),
         parameters=ENTROPY_PARAMETERS,
         responses={
@@ -136,7 +146,8 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
         return Response(draw.json_body(), headers=provenance_headers(draw.provenance, self.request_id))
 
     def _stream(self, n: int, encoding: str) -> StreamingHttpResponse:
-        body = delivery.MeteredStream(self.tenant, n, encoding, self.request_id)
+        body = delivery.MeteredStream(self.tenant, n, encoding, self.request_id,
+                                      sock=self.request.META.get("gunicorn.socket"))
         content_type = "application/octet-stream" if encoding == "raw" else "text/plain; charset=ascii"
         response = StreamingHttpResponse(body, content_type=content_type,
                                          headers=provenance_headers(body.provenance, self.request_id))
@@ -149,7 +160,7 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
 class AnuView(EntropyViewMixin, TenantAPIView):
     """ANU QRNG compatible: existing ANU clients work by changing the base URL (and sending a token)."""
 
-    authentication_classes = [*api_settings.DEFAULT_AUTHENTICATION_CLASSES, ApiKeyHeaderAuthentication]
+    authentication_classes = [BearerTokenAuthentication, ApiKeyHeaderAuthentication, SessionRefused]
 
     @extend_schema(
         summary="ANU QRNG compatible entropy: {type, length, data, success}",
@@ -209,7 +220,7 @@ class CapabilitiesView(EntropyViewMixin, TenantAPIView):
         responses={200: CapabilitiesSerializer, 403: ERRORS[403]},
     )
     def get(self, request):
-        body = runtime.capabilities()
+        body = runtime.capabilities(include_internal=sees_internal(request))  # source locations: operators only
         return Response(body, headers={"X-Entropy-Simulated": "true" if body["any_simulated"] else "false"})
 
 
@@ -248,13 +259,16 @@ class QualityReportViewSet(EntropyViewMixin, mixins.ListModelMixin, mixins.Retri
         summary="Start a quality report (SP 800-22 subset + SP 800-90B MCV estimate) as a background job",
         description=(
             "Draws `bytes` from the pool (or one `source`) and tests them in 10^6-bit sequences; poll the "
-            "report for `progress`. The bytes are tested and dropped, never delivered or stored, so they are "
-            "not charged to `entropy_bytes`; one report per tenant runs at a time (409 otherwise). "
-            + SIMULATED_DOC
+            "report for `progress`. The bytes are tested and dropped, never delivered or stored, but they leave "
+            "the shared pool: the bytes drawn (`bytes` rounded down to whole sequences) are charged to "
+            "`entropy_bytes`, once per report (429 at once when they would not fit the quota). One report per "
+            "tenant runs at a time (409 otherwise), on the workers' own `quality` queue. " + SIMULATED_DOC
         ),
         request=QualityReportCreateSerializer,
         responses={202: QualityReportSerializer, 400: ERRORS[400], 409: OpenApiResponse(
-            description="another report of this tenant is still running")},
+            description="another report of this tenant is still running"), 429: OpenApiResponse(
+            description="the report's bytes would exceed the `entropy_bytes` quota (RateLimit headers), or the "
+                        "token's rate limit; nothing was queued or charged")},
     )
     def create(self, request):
         body = QualityReportCreateSerializer(data=request.data)

@@ -19,16 +19,19 @@ from .etsi014 import ERROR, EtsiView
 
 TAGS = ["ETSI GS QKD 004"]
 STATUS_HELP = ("ETSI GS QKD 004 V2.1.1 status: 0 successful; 1 successful, peer not connected; 2 insufficient "
-               "key (the chunk was handed to this SAE before); 3 peer not yet connected; 4 no QKD connection (also "
+               "key (the chunk was handed to this SAE before, or it is not available yet and the tenant's get_key "
+               "calls that may wait are all busy: ask again); 3 peer not yet connected; 4 no QKD connection (also "
                "for a stream that was closed or whose TTL passed); 5 Key_stream_ID in use; 6 timeout (no chunk "
-               "within the QoS Timeout, at most 10 s); 7 QoS not met (counter-proposal in QoS); 8 metadata size "
+               "within the QoS Timeout, granted as at most 1 s by default, ETSI004_MAX_TIMEOUT_MS); 7 QoS not met "
+               "(counter-proposal in QoS); 8 metadata size "
                "insufficient (metadata_size_needed)")
 
 QOS = inline_serializer("KeyStreamQoS", {
     "Key_chunk_size": serializers.IntegerField(required=False, help_text="bytes per chunk (default 32)"),
     "Max_bps": serializers.IntegerField(required=False), "Min_bps": serializers.IntegerField(required=False),
     "Jitter": serializers.IntegerField(required=False), "Priority": serializers.IntegerField(required=False),
-    "Timeout": serializers.IntegerField(required=False, help_text="ms a get_key may wait for its chunk"),
+    "Timeout": serializers.IntegerField(required=False, help_text="ms a get_key may wait for its chunk (granted as "
+                                        "at most ETSI004_MAX_TIMEOUT_MS, 1000 by default)"),
     "TTL": serializers.IntegerField(required=False, help_text="seconds the stream lives"),
     "Metadata_mimetype": serializers.CharField(required=False)})
 OPEN_REQUEST = inline_serializer("OpenConnectRequest", {

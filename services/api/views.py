@@ -15,10 +15,11 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from portal.errors import BadRequest
+from portal.errors import BadRequest, sees_internal
 from services import delivery, registry, saes
 from services.models import KeyStream, QkdNode, Sae
 from tenants.api.base import TenantAPIView, TenantScopedViewSet
+from tenants.authentication import TOKEN_ONLY
 
 from .etsi014 import key_response
 from .serializers import (
@@ -120,7 +121,11 @@ class NodeListView(TenantAPIView):
                    responses=QkdNodeSerializer(many=True))
     def get(self, request):
         registry.ensure_twin_registered()
-        return Response(QkdNodeSerializer(QkdNode.objects.filter(enabled=True), many=True).data)
+        nodes = QkdNodeSerializer(QkdNode.objects.filter(enabled=True), many=True).data
+        if not sees_internal(request):  # KME addresses are the operator's internals
+            for node in nodes:
+                node.pop("kme_url", None)
+        return Response(nodes)
 
 
 def _sae_or_node(tenant, value: str) -> Sae:
@@ -134,6 +139,8 @@ MODES = ["end-to-end", "per-hop"]
 
 class SimpleKeyView(TenantAPIView):
     """The simple REST interface for scripts: one call for a key, one for its peer copy."""
+
+    authentication_classes = TOKEN_ONLY  # a GET that draws metered keys: no browser session (cross-site links)
 
     read_scope = "keys:write"  # getting a fresh key takes it out of the pool and is metered
     error_reasons = {"get": {400: "bad input: src or dst neither your SAE nor a node, src and dst at one node, or "
@@ -192,6 +199,7 @@ class SimpleKeyView(TenantAPIView):
 
 
 class SimplePeerKeyView(TenantAPIView):
+    authentication_classes = TOKEN_ONLY  # a GET that uses up the peer's copy: no browser session
     read_scope = "keys:read"
     error_reasons = {"get": {400: "no key with this ID for this tenant (never charged, or fetched already)"}}
 

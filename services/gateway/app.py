@@ -29,11 +29,19 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from django.conf import settings
 from django.db import DatabaseError, connections
 
 from portal.errors import ServiceUnavailable
 from services import delivery, pki, registry
-from services.authentication import AUTHENTICATE_HEADER, SECRET_HEADER, SERIAL_HEADER, etsi_caller, gateway_secret
+from services.authentication import (
+    AUTHENTICATE_HEADER,
+    SECRET_HEADER,
+    SERIAL_HEADER,
+    VOUCHER_HEADER,
+    etsi_caller,
+    make_voucher,
+)
 from services.etsi014 import dec_keys_ids, describe_etsi, enc_keys_params, parse_body, standard_status
 from services.gateway import metrics as gateway_metrics
 from services.sdqkd.client import AsyncKmeClient, DeliveredKey, KmeRejected, KmeUnavailable
@@ -43,7 +51,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
-SECRET_HEADERS = {SERIAL_HEADER.lower(), SECRET_HEADER.lower()}
+SECRET_HEADERS = {SERIAL_HEADER.lower(), SECRET_HEADER.lower(), VOUCHER_HEADER.lower()}
 FORWARD_SET = {"x-forwarded-proto", "x-forwarded-for"}  # set by the gateway, never the client's
 
 
@@ -229,15 +237,21 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return _json({"error": {"code": "not_found", "message": "this listener serves ETSI GS QKD 014 only "
                                 "(/api/v1/keys/...); use the web listener for the rest of the API"}}, {}, 404)
     if gateway.proxy_session is None:
-        gateway.proxy_session = ClientSession(connector=TCPConnector(limit=100), trust_env=False,
-                                              timeout=ClientTimeout(total=None, sock_connect=10),
-                                              auto_decompress=False)
+        # No total: a long entropy download may take minutes; but the web listener must answer and keep
+        # answering (sock_read: the longest silence), or the request is given up and its resources go.
+        gateway.proxy_session = ClientSession(
+            connector=TCPConnector(limit=100), trust_env=False, auto_decompress=False,
+            timeout=ClientTimeout(total=None, connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S,
+                                  sock_connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S,
+                                  sock_read=settings.GATEWAY_UPSTREAM_READ_TIMEOUT_S))
     serial, _auth, _sae = _credentials(request)
     # Repeated headers stay repeated (a list of pairs, not a dict); the vouching headers are the gateway's own.
     headers = [(k, v) for k, v in request.headers.items() if _forwardable(k) and k.lower() not in FORWARD_SET]
     headers += [("X-Forwarded-Proto", "https"), ("X-Forwarded-For", request.remote or ""), ("Host", request.host)]
     if serial:
-        headers += [(SERIAL_HEADER, serial), (SECRET_HEADER, gateway_secret())]
+        # vouches for this certificate on this one request (method and target as forwarded), for a few seconds
+        headers += [(SERIAL_HEADER, serial),
+                    (VOUCHER_HEADER, make_voucher(serial, request.method, request.rel_url.raw_path_qs))]
     try:
         async with gateway.proxy_session.request(request.method, gateway.upstream + request.rel_url.raw_path_qs,
                                                  headers=headers, data=await request.read(),
@@ -247,10 +261,23 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 if k.lower() not in HOP_BY_HOP:
                     response.headers.add(k, v)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(1 << 16):
-                await response.write(chunk)
-            await response.write_eof()
+            write_timeout = settings.GATEWAY_CLIENT_WRITE_TIMEOUT_S
+            try:
+                async for chunk in upstream.content.iter_chunked(1 << 16):
+                    # A client that does not take the chunk in time is cut: the answer is not read further, so
+                    # the web listener's thread is not held by it.
+                    await asyncio.wait_for(response.write(chunk), write_timeout)
+                await asyncio.wait_for(response.write_eof(), write_timeout)
+            except (TimeoutError, OSError, ClientError) as exc:
+                # Headers are sent: a body shorter than its Content-Length (or no final chunk) tells the client.
+                logger.info("forwarded answer cut after its headers: %s", type(exc).__name__)
+                if request.transport is not None:
+                    request.transport.close()
             return response
+    except TimeoutError:
+        logger.warning("the web listener %s did not answer in time", gateway.upstream)
+        return _json({"error": {"code": "service_unavailable", "message": "the portal's web listener did not "
+                                "answer in time"}}, {"Retry-After": "5"}, 503)
     except (OSError, ClientError) as exc:
         logger.warning("the web listener %s is unreachable: %s", gateway.upstream, type(exc).__name__)
         return _json({"error": {"code": "service_unavailable", "message": "the portal's web listener is "

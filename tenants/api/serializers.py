@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from tenants.meters import QUOTA_KEYS, UNLIMITED
-from tenants.models import ApiToken, Membership, Plan, Scope, Tenant, UsageRecord
+from tenants.models import ApiToken, Invitation, Membership, Plan, Scope, Tenant, UsageRecord
 
 
 def _validate_limits(value: dict) -> dict:
@@ -56,33 +55,52 @@ class TenantSerializer(serializers.ModelSerializer):
 class UserSummarySerializer(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
-    email = serializers.EmailField()
 
 
 class MembershipSerializer(serializers.ModelSerializer):
+    """A member (no email: members join by invitation, and the listing does not publish addresses)."""
+
     user = UserSummarySerializer(read_only=True)
-    username = serializers.CharField(write_only=True, required=False, help_text="add a user by username…")
-    email = serializers.EmailField(write_only=True, required=False, help_text="…or by email")
 
     class Meta:
         model = Membership
-        fields = ["id", "user", "username", "email", "role", "created_at"]
-        read_only_fields = ["id", "created_at"]
+        fields = ["id", "user", "role", "created_at"]
+        read_only_fields = ["id", "user", "created_at"]
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    """An invitation as its tenant's admins see it: the handle they typed, never the account behind it."""
+
+    username = serializers.CharField(write_only=True, required=False, help_text="invite a user by username…")
+    email = serializers.EmailField(write_only=True, required=False, help_text="…or by email")
+    invited_by = serializers.CharField(source="invited_by.username", read_only=True, default=None)
+    status = serializers.CharField(read_only=True, help_text="pending, accepted, declined or revoked")
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "invitee", "username", "email", "role", "status", "invited_by", "created_at", "expires_at"]
+        read_only_fields = ["id", "invitee", "status", "invited_by", "created_at", "expires_at"]
 
     def validate(self, attrs):
-        if self.instance is None:
-            username, email = attrs.pop("username", None), attrs.pop("email", None)
-            if not (username or email):
-                raise serializers.ValidationError("give the username or the email of the user to add")
-            users = get_user_model().objects.filter(is_active=True)
-            user = users.filter(username=username).first() if username else users.filter(email=email).first()
-            if user is None:
-                raise serializers.ValidationError("no active user with that username or email")
-            attrs["user"] = user
-        else:
-            attrs.pop("username", None)
-            attrs.pop("email", None)
+        username, email = attrs.pop("username", None), attrs.pop("email", None)
+        if bool(username) == bool(email):
+            raise serializers.ValidationError("give either the username or the email of the user to invite")
+        attrs["invitee"] = username or email
         return attrs
+
+
+class MyInvitationSerializer(serializers.ModelSerializer):
+    """An invitation as the invited user sees it."""
+
+    tenant = serializers.CharField(source="tenant.slug")
+    tenant_name = serializers.CharField(source="tenant.name")
+    invited_by = serializers.CharField(source="invited_by.username", default=None)
+    status = serializers.CharField(help_text="pending, accepted, declined or revoked")
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "tenant", "tenant_name", "role", "status", "invited_by", "created_at", "expires_at"]
+        read_only_fields = fields
 
 
 class MeSerializer(serializers.Serializer):

@@ -13,17 +13,19 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.errors import BadRequest
+from portal.errors import BadRequest, Forbidden
 from tenants import quota, services, tokens
 from tenants.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 from tenants.meters import METERS
-from tenants.models import MANAGING_ROLES, ApiToken, Membership, Plan, Tenant, UsageRecord
+from tenants.models import MANAGING_ROLES, ApiToken, Invitation, Membership, Plan, Tenant, UsageRecord
 
 from .serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenSerializer,
+    InvitationSerializer,
     MembershipSerializer,
     MeSerializer,
+    MyInvitationSerializer,
     PlanSerializer,
     QuotaStateSerializer,
     TenantSerializer,
@@ -207,16 +209,15 @@ class PlanViewSet(OperatorViewSet):
 @extend_schema_view(
     list=extend_schema(summary="Members of the current tenant"),
     retrieve=extend_schema(summary="One member of the current tenant"),
-    create=extend_schema(summary="Add a member (owners and admins)",
-                         examples=[OpenApiExample("Add", value={"username": "bob", "role": "member"},
-                                                  request_only=True)]),
-    partial_update=extend_schema(summary="Change a member's role (owners and admins)"),
-    destroy=extend_schema(summary="Remove a member (owners and admins)"),
+    partial_update=extend_schema(summary="Change a member's role (owners and admins); their tokens are narrowed"),
+    destroy=extend_schema(summary="Remove a member (owners and admins); their tokens here are revoked"),
 )
 class MembershipViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin, TenantScopedViewSet,
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin,
+    TenantScopedViewSet,
 ):
+    """Members join by accepting an invitation (``/api/invitations/``), never by being added."""
+
     model = Membership
     serializer_class = MembershipSerializer
     error_reasons = {"create": {400: "bad input: neither username nor email, or no such user",
@@ -225,15 +226,10 @@ class MembershipViewSet(
                      "destroy": {409: "a tenant keeps at least one owner"}}
     write_scope = "tenant:admin"
     write_roles = set(MANAGING_ROLES)
-    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    http_method_names = ["get", "patch", "delete", "head", "options"]
 
     def scope_queryset(self, queryset):
         return queryset.select_related("user")
-
-    def perform_create(self, serializer):
-        d = serializer.validated_data
-        serializer.instance = services.add_member(self.tenant, d["user"], d.get("role", "member"),
-                                                  self.tenant_context.role)
 
     def perform_update(self, serializer):
         services.change_role(serializer.instance, serializer.validated_data.get("role", serializer.instance.role),
@@ -244,7 +240,69 @@ class MembershipViewSet(
 
 
 @extend_schema_view(
-    list=extend_schema(summary="API tokens of the current tenant (yours; all of them for owners and admins)"),
+    list=extend_schema(summary="Invitations of the current tenant (owners and admins)"),
+    retrieve=extend_schema(summary="One invitation"),
+    create=extend_schema(
+        summary="Invite a user by username or email; they join when they accept (the answer is the same "
+                "whether or not such a user exists)",
+        examples=[OpenApiExample("Invite", value={"username": "bob", "role": "member"}, request_only=True)],
+    ),
+    destroy=extend_schema(summary="Withdraw a pending invitation"),
+)
+class InvitationViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin,
+    TenantScopedViewSet,
+):
+    model = Invitation
+    serializer_class = InvitationSerializer
+    error_reasons = {"create": {400: "bad input: neither the username nor the email of the user to invite"}}
+    read_scope = "tenant:admin"
+    write_scope = "tenant:admin"
+    write_roles = set(MANAGING_ROLES)
+
+    def scope_queryset(self, queryset):
+        return queryset.select_related("invited_by")
+
+    def perform_create(self, serializer):
+        d = serializer.validated_data
+        serializer.instance = services.invite(self.tenant, d["invitee"], d.get("role", "member"), self.request.user,
+                                              self.tenant_context.role)
+
+    def perform_destroy(self, instance):
+        services.revoke_invitation(instance)
+
+
+def _session_user(request):
+    """Answering an invitation joins another tenant: a tenant-bound token cannot speak for that."""
+    if isinstance(request.auth, ApiToken):
+        raise Forbidden("answer invitations signed in (web session), not with an API token")
+    return request.user
+
+
+TOKEN_REFUSED = {403: "answered with an API token: invitations are answered signed in (web session)"}
+
+
+class MyInvitationsView(APIView):
+    error_reasons = {"get": TOKEN_REFUSED}
+    @extend_schema(summary="Your pending invitations (signed-in session)", responses=MyInvitationSerializer(many=True))
+    def get(self, request):
+        return Response(MyInvitationSerializer(services.pending_invitations(_session_user(request)), many=True).data)
+
+
+class AnswerInvitationView(APIView):
+    answer: str = "accept"
+    error_reasons = {"post": TOKEN_REFUSED}
+
+    @extend_schema(summary="Accept or decline one of your invitations (signed-in session)", request=None,
+                   responses=MyInvitationSerializer)
+    def post(self, request, pk: int):
+        invitation = services.respond_to_invitation(pk, _session_user(request), accept=self.answer == "accept")
+        return Response(MyInvitationSerializer(invitation).data)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="API tokens of the current tenant (yours; all of them for owners and admins "
+                               "with the tenant:admin scope)"),
     retrieve=extend_schema(summary="One API token (never its secret)"),
     destroy=extend_schema(summary="Revoke an API token"),
 )
@@ -257,8 +315,10 @@ class ApiTokenViewSet(
     write_roles = {"owner", "admin", "member", "viewer"}  # anyone may hold a token; scopes are capped by role
 
     def scope_queryset(self, queryset):
+        # Other people's tokens (list, revoke) need a managing role and, for a token, the tenant:admin scope.
         queryset = queryset.select_related("user")
-        if self.tenant_context.role in MANAGING_ROLES or self.request.user.is_staff:
+        managing = self.tenant_context.role in MANAGING_ROLES or self.request.user.is_staff
+        if managing and "tenant:admin" in self.tenant_context.scopes:
             return queryset
         return queryset.filter(user=self.request.user)
 

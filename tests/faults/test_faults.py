@@ -459,7 +459,7 @@ def test_the_stack_heals_every_fault_and_loses_nothing(stack, capsys):
             assert time.monotonic() < deadline, "the quality report never started"
             time.sleep(0.1)
         assert state == "running", f"the report was {state} before the worker could be killed: make it larger"
-        kill(stack.component(" worker "))
+        kill(stack.component("-Q quality"))  # reports run on their own queue and worker
         report["killed_at"] = time.monotonic()
 
     def report_done_after_redelivery() -> float:

@@ -42,7 +42,7 @@ def test_every_operation_documents_its_errors_in_the_one_shape(schema):
             assert set(responses) == {"200", "400", "401", "503"}, (method, path)
         elif method != "GET" or path not in ("/api/", "/api/me/", "/api/tenants/", "/api/tenants/{slug}/"):
             # every other operation needs a scope, a role or an operator (those four: any signed-in user)
-            assert {"400", "403"} <= set(responses), (method, path)
+            assert "403" in responses, (method, path)
         if "{" in path and not path.startswith("/api/v1/keys/"):
             assert "404" in responses, (method, path)
         assert all(responses[code]["description"] for code in responses if code >= "400"), (method, path)

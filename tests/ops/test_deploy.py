@@ -49,9 +49,11 @@ def test_units_give_each_service_its_own_metrics_folder():
         for line in unit.read_text().splitlines():
             if "PROMETHEUS_MULTIPROC_DIR=" in line:
                 dirs[unit.name] = line.split("PROMETHEUS_MULTIPROC_DIR=")[1].split()[0]
-    assert len(set(dirs.values())) == len(dirs) == 3  # web, worker, gateway: never shared (docs/operations.md)
+    # web, worker, the quality-report worker, gateway: never shared (docs/operations.md)
+    assert len(set(dirs.values())) == len(dirs) == 4
     web = (DEPLOY / "systemd" / "qxaas-web.service").read_text()
-    assert "METRICS_EXTRA_DIRS=" + dirs["qxaas-worker.service"] in web
+    extra = web.split("METRICS_EXTRA_DIRS=")[1].split()[0].split(",")
+    assert set(extra) == {dirs["qxaas-worker.service"], dirs["qxaas-worker-quality.service"]}
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -102,6 +104,7 @@ def test_make_run_gives_web_worker_and_gateway_their_own_emptied_metrics_folders
     assert not stale.exists()  # counters of a previous run are not summed into this one
     assert {web["PROMETHEUS_MULTIPROC_DIR"], worker["PROMETHEUS_MULTIPROC_DIR"], gateway["PROMETHEUS_MULTIPROC_DIR"]} \
         == {str(tmp_path / "metrics" / n) for n in ("web", "worker", "gateway")}
-    assert web["METRICS_EXTRA_DIRS"] == worker["PROMETHEUS_MULTIPROC_DIR"]
+    assert web["METRICS_EXTRA_DIRS"].split(",") == [worker["PROMETHEUS_MULTIPROC_DIR"],
+                                                    runstack.child_env("worker-quality")["PROMETHEUS_MULTIPROC_DIR"]]
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert "PROMETHEUS_MULTIPROC_DIR" not in runstack.child_env("beat")  # beat serves no requests and runs no tasks

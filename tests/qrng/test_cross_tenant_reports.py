@@ -8,6 +8,7 @@ import pytest
 from django.test import Client
 
 from portal.celery_app import app
+from tests.fixtures import same_error
 
 
 @pytest.fixture
@@ -50,13 +51,3 @@ def test_the_page_of_another_tenants_report_is_404(victims_report):
     browser.force_login(attacker.owner)
     stolen = browser.get(f"/entropy/quality/{report_id}/")
     assert stolen.status_code == 404 and "<svg" not in stolen.content.decode()
-
-
-def same_error(a, b) -> bool:
-    """The same error body but for its request ID (each request has its own)."""
-    def body(response):
-        data = response.json()
-        if isinstance(data.get("error"), dict):
-            data["error"].pop("request_id", None)
-        return data
-    return body(a) == body(b)

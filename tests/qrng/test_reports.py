@@ -61,7 +61,8 @@ def test_a_report_runs_as_a_job_and_keeps_p_values_never_bytes(lab, file_source,
     for offset in range(0, 250_000, 25_000):
         sample = file_source[offset : offset + 8]
         assert sample.hex() not in stored and str(list(sample)) not in stored
-    assert lab.ledger() == []  # tested and dropped, not delivered: not charged as entropy
+    # Tested and dropped, but taken out of the shared pool: charged once, exactly the bytes drawn.
+    assert [(r.quantity, r.idempotency_key) for r in lab.ledger()] == [(250_000, f"quality-report:{report['id']}")]
     svg = lab.get(f"/api/entropy/quality-reports/{report['id']}/plot.svg")
     assert svg["Content-Type"] == "image/svg+xml" and b"<svg" in svg.content and b"frequency" in svg.content
 
@@ -192,7 +193,9 @@ def test_a_worker_process_runs_the_quality_report_and_fills_the_pool(lab, use_so
            "DJANGO_SETTINGS_MODULE": "portal.settings.base", "QXAAS_VAR_DIR": str(tmp_path),
            "QRNG_SOURCES": json.dumps(sources), "QRNG_POOL_KEY": settings.QRNG_POOL_KEY}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "--loglevel", "INFO"],
+        # Both queues, as make run's two workers serve them: reports are routed to "quality".
+        [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", "celery,quality", "--pool", "solo",
+         "--loglevel", "INFO"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from services.models import Sae
+from tests.fixtures import same_error
 
 
 def victim_and_attacker(make_lab):
@@ -65,13 +66,3 @@ def test_the_peer_key_of_another_tenants_key_is_not_found_and_stays_with_its_own
     assert key["key"] not in stolen.content.decode()
     peer = victim.client.get(f"/api/qkd/keys/{key['key_ID']}")
     assert peer.status_code == 200 and peer.json()["key"] == key["key"]
-
-
-def same_error(a, b) -> bool:
-    """The same error body but for its request ID (each request has its own)."""
-    def body(response):
-        data = response.json()
-        if isinstance(data.get("error"), dict):
-            data["error"].pop("request_id", None)
-        return data
-    return body(a) == body(b)

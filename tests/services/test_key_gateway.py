@@ -152,7 +152,8 @@ def test_the_forwarder_keeps_repeated_headers_and_drops_the_clients_vouching_hea
             async with TestClient(TestServer(gateway_app)) as client:
                 response = await client.post("/accounts/login/", data=b"x=1", headers=[
                     ("X-Gateway-Client-Serial", "abc"), ("x-gateway-secret", "guess"), ("X_Gateway_Secret", "g"),
-                    ("X-Forwarded-For", "6.6.6.6"), ("Accept", "text/html"), ("Accept", "application/json")])
+                    ("X-Gateway-Voucher", "1.00.00"), ("X-Forwarded-For", "6.6.6.6"), ("Accept", "text/html"),
+                    ("Accept", "application/json")])
                 assert response.status == 200
                 assert response.headers.getall("Set-Cookie") == ["sessionid=a; Path=/", "csrftoken=b; Path=/"]
                 too_big = await client.post("/api/v1/keys/x/enc_keys", data=b"{" + b" " * (5 << 20) + b"}")
@@ -160,7 +161,7 @@ def test_the_forwarder_keeps_repeated_headers_and_drops_the_clients_vouching_hea
 
     asyncio.run(scenario())
     names = [k.lower() for k, _ in seen["headers"]]
-    assert not {"x-gateway-client-serial", "x-gateway-secret", "x_gateway_secret"} & set(names)
+    assert not {"x-gateway-client-serial", "x-gateway-secret", "x_gateway_secret", "x-gateway-voucher"} & set(names)
     assert names.count("accept") == 2
     assert {k.lower(): v for k, v in seen["headers"]}["x-forwarded-for"] != "6.6.6.6"
     assert seen["body"] == b"x=1"

@@ -37,21 +37,28 @@ def test_a_full_container_of_ids_round_trips_and_every_backend_id_unpacks():
     assert [keyids.backend_id(packed, i) for i in range(40)] == backend
 
 
-@override_settings(KEY_ID_SECRET="a fixed secret")
+@override_settings(KEY_ID_SECRETS={1: "a fixed secret"})
 def test_known_answers_keep_ids_already_handed_out_openable():
     """Fixed vectors: a change of the permutation (rounds, round-function input, bit layout) would make every ID
     a tenant holds unopenable, so its slave could no longer fetch keys its master was charged for."""
-    known = {
-        (123456789, 7): "3ea03005-a682-82fd-82d2-e5023d403831",
-        (123456789, 8): "d984a95c-6af5-8b3f-8b42-9431b6b7af02",
-        (keyids.MAX_BATCH, 2**32 - 1): "4c3b377a-2eef-8840-9fb4-04a30c0c6d98",
+    known = {  # the versioned scheme: the first hex digit is the secret's version (1)
+        (123456789, 7): "1987e7d2-7945-8182-8ce3-edc4178da1be",
+        (123456789, 8): "1a22f28d-942f-8c37-84c1-e81aaed56145",
+        (keyids.MAX_BATCH, 2**32 - 1): "19496018-1769-860b-8b5a-b9d99ea5e3a5",
     }
     assert keyids.seal(123456789, 2, first=7) == [known[(123456789, 7)], known[(123456789, 8)]]
     assert keyids.seal(keyids.MAX_BATCH, 1, first=2**32 - 1) == [known[(keyids.MAX_BATCH, 2**32 - 1)]]
     assert keyids.open_ids(list(known.values())) == list(known)
+    unversioned = {  # sealed by the scheme before versions (KEY_ID_SECRET="a fixed secret"): they still open
+        (123456789, 7): "3ea03005-a682-82fd-82d2-e5023d403831",
+        (123456789, 8): "d984a95c-6af5-8b3f-8b42-9431b6b7af02",
+        (keyids.MAX_BATCH, 2**32 - 1): "4c3b377a-2eef-8840-9fb4-04a30c0c6d98",
+    }
+    assert [keyids.seal_v1(*pair) for pair in unversioned] == list(unversioned.values())
+    assert keyids.open_ids(list(unversioned.values())) == list(unversioned)
 
 
-@override_settings(KEY_ID_SECRET="a fixed secret")
+@override_settings(KEY_ID_SECRETS={1: "a fixed secret"})
 def test_an_id_with_another_version_digit_does_not_open():
     key_id = keyids.seal(123456789, 1)[0]
     assert key_id[14] == "8"  # UUIDv8

@@ -115,11 +115,12 @@ def test_the_sae_certificate_works_on_paths_the_gateway_forwards_and_cannot_be_f
     # a client's own X-Gateway-* headers do not get through the gateway either: no certificate, no SAE
     serial = Sae.objects.for_tenant(lab.tenant).get(name="upm-cait").cert_serial
     code, _ = curl("--cacert", ca, "-H", "Content-Type: application/json", "-H", f"X-Gateway-Client-Serial: {serial}",
-                   "-H", "X-Gateway-Secret: guess", "-d", body, f"{base}/api/etsi004/open_connect")
+                   "-H", "X-Gateway-Secret: guess", "-H", "X-Gateway-Voucher: guess", "-d", body,
+                   f"{base}/api/etsi004/open_connect")
     assert code == 401
-    for secret in ("guess", ""):
+    for header in ("X-Gateway-Secret: guess", "X-Gateway-Voucher: guess", "X-Gateway-Voucher: "):
         code, _ = curl("-H", "Content-Type: application/json", "-H", f"X-Gateway-Client-Serial: {serial}",
-                       "-H", f"X-Gateway-Secret: {secret}", "-d", body, f"{web}/api/etsi004/open_connect")
+                       "-H", header, "-d", body, f"{web}/api/etsi004/open_connect")
         assert code == 401
 
 

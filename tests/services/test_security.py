@@ -171,3 +171,181 @@ def test_insecure_http_accepts_loopback_topologies(tmp_path, address):
 
     text = (ROOT / "services/sdqkd/topologies/line-8.yaml").read_text().replace("'127.0.0.1:8411'", f"'{address}'")
     Twin(parse_topology(text), tmp_path / "twin", insecure=True)
+
+
+# --- 7. GETs that take keys out of the network answer API tokens only, never a browser's cookie ---------------------
+
+def test_key_gets_refuse_session_authentication(make_lab):
+    from tenants.models import UsageRecord
+
+    lab = make_lab("upm")
+    browser = Client()
+    browser.force_login(lab.owner)  # a cross-site link would carry this cookie
+    response = browser.get("/api/qkd/keys?src=CAIT&dst=Rectorado")
+    assert response.status_code == 401, response.content
+    assert "token" in response.json()["error"]["message"]
+    assert browser.get("/api/qkd/keys/some-key-id").status_code == 401
+    assert not UsageRecord.objects.for_tenant(lab.tenant).exists()
+    assert browser.get("/api/saes/").status_code == 200  # reading pages' data with the session still works
+    assert lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado").status_code == 200  # curl with a token
+
+
+# --- 11. internal details (KME URLs and messages, probe errors) only for operators; tenants get a code and an ID --
+
+def _operator_session(make_user) -> Client:
+    from allauth.mfa.models import Authenticator
+
+    staff = make_user("root", staff=True)
+    Authenticator.objects.create(user=staff, type=Authenticator.Type.TOTP, data={"secret": "x"})
+    browser = Client()
+    browser.force_login(staff)
+    return browser
+
+
+def test_the_node_list_shows_kme_urls_to_operators_only(make_lab, make_user, client_for):
+    lab = make_lab("upm")
+    nodes = lab.client.get("/api/qkd/nodes/").json()
+    assert nodes and all("kme_url" not in n for n in nodes)
+    nodes = _operator_session(make_user).get("/api/qkd/nodes/?tenant=upm").json()
+    assert all(n["kme_url"].startswith("https://") for n in nodes)
+    # a staff member's token without the operator scope is a tenant's view
+    staff_token = client_for(make_user("helper", staff=True), lab.tenant, ["keys:read"])
+    assert all("kme_url" not in n for n in staff_token.get("/api/qkd/nodes/").json())
+
+
+def test_readyz_tells_anonymous_callers_no_exception_text(db, monkeypatch, make_user):
+    from portal import health
+
+    def broken() -> str:
+        raise RuntimeError("could not connect to postgres://qxaas:hunter2@10.1.2.3/qxaas")
+
+    monkeypatch.setitem(health.READINESS_CHECKS, "database", broken)  # failure injection: a database that is down
+    response = Client().get("/readyz")
+    assert response.status_code == 503 and response.json()["code"] == "not_ready"
+    assert "hunter2" not in response.content.decode() and "10.1.2.3" not in response.content.decode()
+    detail = _operator_session(make_user).get("/readyz").json()  # operators see which check failed and why
+    assert detail["checks"]["database"]["ok"] is False and "RuntimeError" in detail["checks"]["database"]["error"]
+
+
+def test_kme_errors_reach_tenants_as_a_code_and_a_request_id(make_lab, make_user, monkeypatch, caplog):
+    from portal.logs import ContextFilter
+    from services.sdqkd.client import KmeClient, KmeRejected, KmeUnavailable
+
+    caplog.handler.addFilter(ContextFilter())  # as the portal's log handlers do: each record names its request
+    lab = make_lab("upm")
+    secret_words = "backend SAE portal-sae-cait-7 at https://10.9.8.7:8443 said no"
+
+    def rejected(self, *args, **kwargs):  # failure injection: the KME refuses (its words name internals)
+        raise KmeRejected(secret_words, status=400)
+
+    monkeypatch.setattr(KmeClient, "enc_keys", rejected)
+    response = lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado")
+    assert response.status_code in (400, 503), response.content
+    error = response.json()["error"]
+    assert secret_words not in response.content.decode() and "10.9.8.7" not in response.content.decode()
+    assert error["code"] == "kme_rejected" and error["request_id"] == response["X-Request-ID"]
+    assert "internal" not in error
+    assert any(getattr(r, "request_id", None) == error["request_id"] and secret_words in r.getMessage()
+               for r in caplog.records)  # the operator finds the KME's words under the tenant's request ID
+
+    def down(self, *args, **kwargs):
+        raise KmeUnavailable(secret_words)
+
+    monkeypatch.setattr(KmeClient, "enc_keys", down)
+    response = lab.client.get("/api/qkd/keys?src=CAIT&dst=Rectorado")
+    assert response.status_code == 503 and secret_words not in response.content.decode()
+    assert response.json()["error"]["code"] == "kme_unavailable"
+    # ETSI 014 (token + X-SAE-ID on the web listener): the ETSI error shape, no KME words either
+    response = lab.etsi("upm-cait", "get", "upm-rect/enc_keys")
+    assert response.status_code == 503 and secret_words not in response.content.decode()
+
+
+# --- 9. key-ID secrets: separate from SECRET_KEY, versioned (the version in the ID), required in production -------
+
+def test_key_ids_survive_a_rotation_of_the_key_id_secret(settings):
+    from services import keyids
+
+    settings.KEY_ID_SECRETS = {1: "the first key-ID secret"}
+    old = keyids.seal(7, 3)
+    settings.KEY_ID_SECRETS = {1: "the first key-ID secret", 2: "the second key-ID secret"}
+    new = keyids.seal(7, 3)
+    assert {k[0] for k in old} == {"1"} and {k[0] for k in new} == {"2"}  # the version is the first hex digit
+    assert keyids.open_ids(old + new) == [(7, 0), (7, 1), (7, 2)] * 2
+    settings.KEY_ID_SECRETS = {2: "the second key-ID secret"}  # version 1 retired: its IDs are unknown now
+    assert keyids.open_ids(old) == [None] * 3 and keyids.open_ids(new) == [(7, 0), (7, 1), (7, 2)]
+    settings.KEY_ID_SECRETS = {2: "the second key-ID secret", 17: "the third"}  # 17 = 1 (mod 16): slot reused
+    assert {k[0] for k in keyids.seal(7, 3)} == {"1"}
+    assert keyids.open_ids(new + keyids.seal(7, 1)) == [(7, 0), (7, 1), (7, 2), (7, 0)]
+    assert keyids.open_ids(old) == [None] * 3  # the retired version 1 does not open under version 17's key
+
+
+def test_ids_of_the_unversioned_scheme_open_under_a_listed_secret(settings):
+    """Keys charged before the upgrade (sealed with SECRET_KEY or KEY_ID_SECRET, no version in the ID) stay
+    fetchable while that secret is listed as an older version."""
+    from services import keyids
+
+    settings.KEY_ID_SECRETS = {0: "what SECRET_KEY was"}
+    before = [keyids.seal_v1(99, 4), keyids.seal_legacy(99, 5)]
+    settings.KEY_ID_SECRETS = {0: "what SECRET_KEY was", 1: "a key-ID secret of its own"}
+    assert keyids.open_ids(before + keyids.seal(99, 1)) == [(99, 4), (99, 5), (99, 0)]
+    settings.KEY_ID_SECRETS = {1: "a key-ID secret of its own"}
+    assert keyids.open_ids(before) == [None, None]
+
+
+def test_the_key_id_secret_is_not_the_secret_key():
+    from django.conf import settings as live
+
+    assert live.KEY_ID_SECRETS[max(live.KEY_ID_SECRETS)] != live.SECRET_KEY
+
+
+def _production_check(tmp_path, **extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("KEY_ID_SECRETS", "KEY_ID_SECRET")}
+    env.update(DJANGO_SETTINGS_MODULE="portal.settings.production", QXAAS_VAR_DIR=str(tmp_path),
+               SECRET_KEY="s" * 60, API_TOKEN_PEPPERS="1:" + "p" * 40, ALLOWED_HOSTS="qxaas.example.org", **extra)
+    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_production_requires_its_own_key_id_secrets(tmp_path):
+    result = _production_check(tmp_path)
+    assert result.returncode != 0 and "KEY_ID_SECRETS" in result.stderr
+    result = _production_check(tmp_path, KEY_ID_SECRETS="1:" + "s" * 60)  # the SECRET_KEY again
+    assert result.returncode != 0 and "must not reuse SECRET_KEY" in result.stderr
+    result = _production_check(tmp_path, KEY_ID_SECRETS=f"1:{'k' * 40},17:{'j' * 40}")  # one slot, two versions
+    assert result.returncode != 0 and "differ modulo 16" in result.stderr
+    # SECRET_KEY as an older version (to open IDs an earlier release sealed with it) is allowed
+    assert _production_check(tmp_path, KEY_ID_SECRETS=f"0:{'s' * 60},1:{'k' * 40}").returncode == 0
+
+
+# --- 8. the gateway's voucher for a client certificate is bound to the request and fresh -----------------------------
+
+def test_the_gateway_voucher_is_bound_to_serial_method_path_and_time(make_lab):
+    import hashlib
+    import hmac
+
+    from django.conf import settings
+
+    lab = make_lab("upm")
+    serial = Sae.objects.for_tenant(lab.tenant).get(name="upm-cait").cert_serial
+    path = "/api/v1/keys/upm-rect/status"
+    web = Client()
+    # the static header of old: whoever saw it once (a proxy's log) could claim any certificate, forever
+    static = hmac.new(settings.SECRET_KEY.encode(), b"qxaas key gateway: verified client certificate",
+                      hashlib.sha256).hexdigest()
+    assert web.get(path, HTTP_X_GATEWAY_CLIENT_SERIAL=serial, HTTP_X_GATEWAY_SECRET=static).status_code == 401
+
+    from services.authentication import make_voucher
+
+    def get(voucher: str, target: str = path, claimed: str = serial):
+        return web.get(target, HTTP_X_GATEWAY_CLIENT_SERIAL=claimed, HTTP_X_GATEWAY_VOUCHER=voucher).status_code
+
+    assert get(make_voucher(serial, "GET", path)) == 200
+    assert get(make_voucher(serial, "POST", path)) == 401  # another method
+    assert get(make_voucher(serial, "GET", "/api/v1/keys/upm-cait/status")) == 401  # another path
+    other = Sae.objects.for_tenant(lab.tenant).get(name="upm-rect").cert_serial
+    assert get(make_voucher(other, "GET", path)) == 401  # another certificate
+    assert get(make_voucher(serial, "GET", path, now=time.time() - 120)) == 401  # stale
+    tampered = make_voucher(serial, "GET", path)
+    assert get(tampered[:-1] + ("0" if tampered[-1] != "0" else "1")) == 401  # tampered
+    once = make_voucher(serial, "GET", path)
+    assert get(once) == 200 and get(once) == 401  # used once: a voucher seen on the wire cannot be replayed

@@ -143,14 +143,19 @@ def test_staff_token_without_operator_scope_is_not_an_operator(make_user, make_t
 
 # --- members and roles -------------------------------------------------------------------------------------------
 
-def test_owner_adds_and_manages_members(two_tenants, make_user, client_for):
+def test_owner_invites_and_manages_members(two_tenants, make_user, client_for):
+    from django.test import Client
+
     client, tenant = two_tenants["ca"], two_tenants["a"]
-    make_user("carol")
-    response = client.post("/api/members/", {"username": "carol", "role": "viewer"}, format="json")
+    carol = make_user("carol")
+    response = client.post("/api/invitations/", {"username": "carol", "role": "viewer"}, format="json")
     assert response.status_code == 201, response.content
-    carol_id = response.json()["id"]
-    assert client.post("/api/members/", {"username": "carol"}, format="json").status_code == 409
-    assert client.post("/api/members/", {"username": "nobody"}, format="json").status_code == 400
+    assert client.post("/api/invitations/", {"username": "carol"}, format="json").status_code == 409  # pending
+    assert client.post("/api/invitations/", {"role": "viewer"}, format="json").status_code == 400
+    browser = Client()
+    browser.force_login(carol)
+    assert browser.post(f"/api/me/invitations/{response.json()['id']}/accept/").status_code == 200
+    carol_id = Membership.objects.for_tenant(tenant).get(user=carol).pk
     assert client.patch(f"/api/members/{carol_id}/", {"role": "admin"}, format="json").json()["role"] == "admin"
     owner = Membership.objects.for_tenant(tenant).get(role="owner")
     response = client.patch(f"/api/members/{owner.pk}/", {"role": "member"}, format="json")
@@ -163,7 +168,7 @@ def test_viewer_and_member_cannot_manage_members(two_tenants, member, client_for
     viewer = member(tenant, "vera", Role.VIEWER)
     plain = member(tenant, "mike", Role.MEMBER)
     for user, scopes in ((viewer, ["billing:read"]), (plain, ["billing:read", "keys:read"])):
-        response = client_for(user, tenant, scopes).post("/api/members/", {"username": "alice"}, format="json")
+        response = client_for(user, tenant, scopes).post("/api/invitations/", {"username": "alice"}, format="json")
         assert response.status_code == 403
 
 
@@ -197,7 +202,7 @@ def test_docs_are_served_without_a_cdn():
 def test_check_deploy_is_clean_with_production_settings(tmp_path):
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.production",
            "SECRET_KEY": "x" * 20 + "a-real-secret-key-of-enough-entropy-0123456789",
-           "API_TOKEN_PEPPERS": "1:" + "p" * 40, "QXAAS_VAR_DIR": str(tmp_path),
+           "API_TOKEN_PEPPERS": "1:" + "p" * 40, "KEY_ID_SECRETS": "1:" + "k" * 40, "QXAAS_VAR_DIR": str(tmp_path),
            "ALLOWED_HOSTS": "qxaas.example.org"}
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -102,3 +102,64 @@ def test_a_role_change_narrows_or_revokes_the_members_tokens(two_tenants, member
     response = owner.delete(f"/api/members/{membership.pk}/")
     assert response.status_code == 204
     assert not ApiToken.objects.for_tenant(tenant).filter(user=mike, revoked_at__isnull=True).exists()
+
+
+# --- 10. token and member endpoints check scopes; members join by accepting an invitation ---------------------------
+
+def test_listing_or_revoking_others_tokens_needs_tenant_admin(two_tenants, member, client_for):
+    tenant, alice = two_tenants["a"], two_tenants["ua"]
+    mike = member(tenant, "mike", Role.MEMBER)
+    client_for(mike, tenant, ["keys:read"])
+    mikes = ApiToken.objects.for_tenant(tenant).get(user=mike)
+    billing = client_for(alice, tenant, ["billing:read"])  # the owner's token, without tenant:admin
+    listed = {t["user"] for t in billing.get("/api/tokens/").json()["results"]}
+    assert listed == {"alice"}
+    assert billing.delete(f"/api/tokens/{mikes.pk}/").status_code == 404
+    assert billing.post(f"/api/tokens/{mikes.pk}/revoke/").status_code == 404
+    assert ApiToken.objects.for_tenant(tenant).get(pk=mikes.pk).revoked_at is None
+    admin = client_for(alice, tenant, ["tenant:admin"])
+    assert {t["user"] for t in admin.get("/api/tokens/").json()["results"]} == {"alice", "mike"}
+    assert admin.post(f"/api/tokens/{mikes.pk}/revoke/").status_code == 200
+
+
+def test_members_join_only_by_accepting_an_invitation_and_emails_are_not_revealed(two_tenants, make_user):
+    owner, tenant = two_tenants["ca"], two_tenants["a"]
+    carol = make_user("carol")
+    response = owner.post("/api/members/", {"username": "carol", "role": "viewer"}, format="json")
+    assert response.status_code == 405  # no more adding people without their consent
+    response = owner.post("/api/invitations/", {"username": "carol", "role": "viewer"}, format="json")
+    assert response.status_code == 201, response.content
+    assert "carol@example.org" not in response.content.decode()
+    invitation_id = response.json()["id"]
+    # an unknown handle answers the same way: the API does not tell who has an account
+    ghost = owner.post("/api/invitations/", {"email": "nobody@example.org"}, format="json")
+    assert ghost.status_code == 201 and set(ghost.json()) == set(response.json())
+    assert "carol@example.org" not in owner.get("/api/invitations/").content.decode()
+    assert not Membership.objects.for_tenant(tenant).filter(user=carol).exists()
+
+    bob = Client()
+    bob.force_login(two_tenants["ub"])
+    assert bob.post(f"/api/me/invitations/{invitation_id}/accept/").status_code == 404  # not bob's
+    browser = Client()
+    browser.force_login(carol)
+    page = browser.get("/invitations/").content.decode()
+    assert "Alpha" in page and "viewer" in page
+    assert browser.post("/invitations/", {"accept": str(invitation_id)}).status_code == 302
+    assert Membership.objects.for_tenant(tenant).get(user=carol).role == Role.VIEWER
+    assert browser.post(f"/api/me/invitations/{invitation_id}/accept/").status_code == 404  # used once
+
+
+def test_an_invitation_is_accepted_with_a_session_not_a_token(two_tenants, make_user, make_tenant, client_for):
+    carol = make_user("carol")
+    home = make_tenant("home")
+    Membership.objects.create(tenant=home, user=carol, role=Role.OWNER)
+    response = two_tenants["ca"].post("/api/invitations/", {"username": "carol"}, format="json")
+    invitation_id = response.json()["id"]
+    carols_token = client_for(carol, home, ["tenant:admin"])
+    assert carols_token.post(f"/api/me/invitations/{invitation_id}/accept/").status_code == 403
+    browser = Client()
+    browser.force_login(carol)
+    listed = browser.get("/api/me/invitations/").json()
+    assert [i["tenant"] for i in listed] == ["alpha"]
+    assert browser.post(f"/api/me/invitations/{invitation_id}/decline/").status_code == 200
+    assert not Membership.objects.for_tenant(two_tenants["a"]).filter(user=carol).exists()

@@ -16,18 +16,30 @@ import pytest
 from rest_framework.test import APIClient
 
 from services import pki
-from services.authentication import gateway_secret
+from services.authentication import make_voucher
 from tls.endpoints import free_port
 
 PY313 = sorted(glob.glob("/root/.pyenv/versions/3.13*/bin/python")) or sorted(glob.glob("/usr/bin/python3.13"))
 
 
+class GatewayClient(APIClient):
+    """Requests authenticated by a certificate's serial, as the key gateway forwards a verified one: each with a
+    voucher of its own for its method and target."""
+
+    def __init__(self, serial: str) -> None:
+        super().__init__()
+        self.serial = serial
+
+    def get(self, path, data=None, follow=False, **extra):
+        assert data is None, "put the query in the path: the voucher covers the target as sent"
+        voucher = make_voucher(self.serial, "GET", path)
+        return super().get(path, follow=follow, HTTP_X_GATEWAY_CLIENT_SERIAL=self.serial,
+                           HTTP_X_GATEWAY_VOUCHER=voucher, **extra)
+
+
 def as_endpoint(credential: dict) -> APIClient:
     """A client authenticated by the endpoint's certificate, as the key gateway forwards a verified one."""
-    client = APIClient()
-    client.credentials(HTTP_X_GATEWAY_CLIENT_SERIAL=pki.serial_of(credential["certificate"].encode()),
-                       HTTP_X_GATEWAY_SECRET=gateway_secret())
-    return client
+    return GatewayClient(pki.serial_of(credential["certificate"].encode()))
 
 
 def fetch_psk(client: APIClient, sid: str) -> tuple[str, bytes]:
