@@ -132,6 +132,17 @@ def dependency_unavailable(exc: BaseException) -> ServiceUnavailable | None:
                               headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+NUL_MESSAGE = "NUL characters (U+0000) are not accepted in parameters or bodies"
+
+
+def is_nul_error(exc: BaseException) -> bool:
+    """PostgreSQL cannot take a NUL character in text (psycopg refuses the query): a client's bad input, not a
+    server error. Raised before the statement runs, so the request's transaction changed nothing."""
+    from django.db import DataError
+
+    return isinstance(exc, (ValueError, DataError)) and "NUL (0x00)" in str(exc)
+
+
 def sees_internal(request) -> bool:
     """Operators see internal details (a backend's words, KME and appliance addresses): a staff user signed in,
     or through a token that carries the ``operator`` scope (a staff member's plain token is a tenant's view)."""
@@ -153,6 +164,8 @@ def log_internal(exc: Exception) -> None:
 def describe(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     """(status, code, message, details, headers) for any exception the API may raise."""
     exc = dependency_unavailable(exc) or exc
+    if is_nul_error(exc):
+        exc = BadRequest(NUL_MESSAGE)
     if isinstance(exc, ApiError):
         return exc.status_code, exc.code, exc.message, exc.details, dict(exc.headers)
     if isinstance(exc, Http404):
@@ -209,3 +222,16 @@ def server_error(request):
     # ETSI paths: the ETSI error shape ({"message"}), as services.etsi014.describe_etsi renders it.
     body = {"message": message} if request.path.startswith(ETSI_PREFIXES) else error_body(code, message, details)
     return JsonResponse(body, status=status_code, headers=headers)
+
+
+def page_not_found(request, exception=None):
+    """handler404: an /api/ URL that matches no route answers in the API's error shape (the ETSI shape on ETSI
+    paths), as every other API error does; pages keep Django's own 404."""
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    if not request.path.startswith("/api/"):
+        return defaults.page_not_found(request, exception)
+    message = "no such API path (see /api/schema/)"
+    body = {"message": message} if request.path.startswith(ETSI_PREFIXES) else error_body("not_found", message)
+    return JsonResponse(body, status=404)

@@ -37,4 +37,5 @@ urlpatterns = [
     path("billing/", include("billing.urls")),
 ]
 
+handler404 = "portal.errors.page_not_found"  # JSON in the error shape under /api/
 handler500 = "portal.errors.server_error"  # a dependency that is away: 503 with Retry-After

@@ -114,7 +114,7 @@ class PriceBookSerializer(serializers.ModelSerializer):
         if len(set(meters)) != len(meters):
             raise serializers.ValidationError("each meter at most once")
         for component in value:
-            bounds = [t["up_to"] for t in component.get("tiers", [])]
+            bounds = [t.get("up_to") for t in component.get("tiers", [])]  # up_to is optional: unbounded
             if None in bounds[:-1]:
                 raise serializers.ValidationError("only the last tier may be unbounded")
             finite = [b for b in bounds if b is not None]

@@ -37,6 +37,10 @@ from .serializers import (
 )
 
 CSV = OpenApiResponse(OpenApiTypes.STR, description="text/csv: one row per line, then the total")
+# Input the schema allows but the rules refuse (400, documented as such: tenants.schema)
+WEBHOOK_REFUSAL = "bad input, or a webhook URL whose host does not resolve or resolves to a non-public address"
+PRICE_BOOK_REFUSAL = ("bad input, or an unknown plan, an effective_from in the past, a meter twice, tier bounds "
+                      "that do not increase, or a price book already in effect")
 PDF = OpenApiResponse(OpenApiTypes.BINARY, description="application/pdf")
 
 
@@ -119,6 +123,7 @@ class WebhookEndpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, m
     model = WebhookEndpoint
     read_scope = "billing:read"
     write_scope = "tenant:admin"
+    error_reasons = {"create": {400: WEBHOOK_REFUSAL}, "partial_update": {400: WEBHOOK_REFUSAL}}
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_serializer_class(self):
@@ -155,7 +160,9 @@ class OperatorReadOnlyViewSet(viewsets.ReadOnlyModelViewSet):
 class OperatorInvoiceViewSet(InvoiceExportMixin, OperatorReadOnlyViewSet):
     def get_queryset(self):
         qs = Invoice.objects.unscoped().select_related("tenant").prefetch_related("lines")
-        if status := self.request.query_params.get("status"):
+        if (status := self.request.query_params.get("status")) is not None:
+            if status not in Invoice.Status.values:
+                raise BadRequest(f"status must be one of {', '.join(Invoice.Status.values)}")
             qs = qs.filter(status=status)
         if tenant := self.request.query_params.get("tenant"):
             qs = qs.filter(tenant__slug=tenant)
@@ -171,6 +178,9 @@ class OperatorInvoiceViewSet(InvoiceExportMixin, OperatorReadOnlyViewSet):
                                          request=CreditNoteCreateSerializer, responses={201: CreditNoteSerializer}))
 class OperatorCreditNoteViewSet(mixins.CreateModelMixin, OperatorReadOnlyViewSet):
     serializer_class = CreditNoteSerializer
+    error_reasons = {"create": {400: "bad input, or no finalized invoice with this number, or a line that is not a "
+                                     "positive amount in cents with a description",
+                                409: "the invoice is not finalized, or credits would exceed its total"}}
 
     def get_queryset(self):
         return CreditNote.objects.unscoped().select_related("invoice", "tenant").prefetch_related("lines")
@@ -194,6 +204,8 @@ class OperatorCreditNoteViewSet(mixins.CreateModelMixin, OperatorReadOnlyViewSet
 )
 class PriceBookViewSet(OperatorViewSet):
     serializer_class = PriceBookSerializer
+    error_reasons = {**{action: {400: PRICE_BOOK_REFUSAL} for action in ("create", "update", "partial_update")},
+                     "destroy": {400: "this price book is already in effect and cannot be withdrawn"}}
     queryset = PriceBook.objects.select_related("plan").prefetch_related("components__tiers")
 
     def perform_destroy(self, instance):
@@ -210,6 +222,7 @@ class PriceBookViewSet(OperatorViewSet):
                     destroy=extend_schema(summary="Remove an operator webhook endpoint"))
 class OperatorWebhookEndpointViewSet(OperatorViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    error_reasons = {"create": {400: WEBHOOK_REFUSAL}, "partial_update": {400: WEBHOOK_REFUSAL}}
 
     def get_queryset(self):
         return WebhookEndpoint.objects.unscoped().filter(tenant__isnull=True)
@@ -260,12 +273,14 @@ def report_data(report: costs.CostReport, margin: Decimal) -> dict:
 
 class CostReportView(APIView):
     permission_classes = [permissions.IsAuthenticated, IsOperator]
+    error_reasons = {"get": {400: "bad input, or start not before end"}}
 
     @extend_schema(summary="Cost per delivered key bit per link and per tenant, revenue against depreciation, "
                            "suggested key price for a target margin (operators)",
                    parameters=[OpenApiParameter("start", OpenApiTypes.DATETIME, description="default: 30 days ago"),
                                OpenApiParameter("end", OpenApiTypes.DATETIME, description="default: now"),
-                               OpenApiParameter("margin", OpenApiTypes.NUMBER, description="0-1, default 0.3")],
+                               OpenApiParameter("margin", {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+                                                description="0 <= margin < 1, default 0.3")],
                    responses=CostReportSerializer)
     def get(self, request):
         start, end, margin = _parse_window(request.query_params)

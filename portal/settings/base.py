@@ -318,12 +318,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_THROTTLE_CLASSES": ["tenants.ratelimit.TokenRateThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "tenants.schema.PortalAutoSchema",  # every error status, from what each view declares
     "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "portal.errors.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["portal.api.parsers.JSONWithoutNulParser"],  # NUL in a string: 400, not 500
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 # Per-token request rate: a token bucket (Redis when configured, otherwise per process).
@@ -349,6 +349,8 @@ SPECTACULAR_SETTINGS = {
     # Key streams and TLS sessions both have a "state" field with their own states: each its own enum.
     "ENUM_NAME_OVERRIDES": {"TlsSessionStateEnum": "tls.models.TlsSession.State"},
     "SCHEMA_PATH_PREFIX": r"/api/",
+    # nullable free-form JSON is {} (which allows null), not oneOf [{}, null] (where null matches twice)
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tenants.schema.postprocess"],
 }
 
 # --- Long requests on the web listener (docs/operations.md, "Slow clients and long requests") --------------

@@ -44,7 +44,9 @@ PROVENANCE_DOC = (
     "`X-Entropy-Health`; `X-Request-Id` on every response (errors too)."
 )
 ERRORS = {
-    400: OpenApiResponse(description="bad parameters (`{\"error\": {...}}`)"),
+    400: OpenApiResponse(description="bad parameters, or format=int without min and max or with min above max, "
+                                     "format=normal with stddev not above 0, bytes above the operator's "
+                                     "QRNG_MAX_REQUEST_BYTES"),
     403: OpenApiResponse(description="the token lacks the `entropy:read` scope"),
     429: OpenApiResponse(description="entropy quota exhausted (RateLimit headers), the token's rate limit "
                                      "(Retry-After), or the tenant's streamed downloads at their concurrent "
@@ -91,10 +93,15 @@ ENTROPY_PARAMETERS = [
                                  "uint8..uint64: little-endian words; int: unbiased in [min, max] (Lemire "
                                  "multiply-shift with rejection); float: uniform in [0, 1) from 53 bits; normal: "
                                  "Box-Muller; seed: a 128/256-bit integer for numpy.random.SeedSequence"),
-    OpenApiParameter("bytes", OpenApiTypes.INT, description="raw/hex/base64: bytes to deliver (default 32)"),
-    OpenApiParameter("count", OpenApiTypes.INT, description=f"numeric formats: 1..{formats.MAX_COUNT} (default 1)"),
-    OpenApiParameter("min", OpenApiTypes.INT, description="format=int: smallest value (int64)"),
-    OpenApiParameter("max", OpenApiTypes.INT, description="format=int: largest value (int64)"),
+    OpenApiParameter("bytes", {"type": "integer", "minimum": 1, "maximum": formats.MAX_STREAM_BYTES},
+                     description="raw/hex/base64: bytes to deliver (default 32; the operator may cap it lower: "
+                                 "QRNG_MAX_REQUEST_BYTES)"),
+    OpenApiParameter("count", {"type": "integer", "minimum": 1, "maximum": formats.MAX_COUNT},
+                     description=f"numeric formats: 1..{formats.MAX_COUNT} (default 1)"),
+    OpenApiParameter("min", {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+                     description="format=int: smallest value (int64; required with format=int)"),
+    OpenApiParameter("max", {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+                     description="format=int: largest value (int64, at least min; required with format=int)"),
     OpenApiParameter("bits", OpenApiTypes.INT, enum=[128, 256], description="format=seed (default 256)"),
     OpenApiParameter("mean", OpenApiTypes.DOUBLE, description="format=normal (default 0)"),
     OpenApiParameter("stddev", OpenApiTypes.DOUBLE, description="format=normal (default 1)"),
@@ -166,9 +173,11 @@ class AnuView(EntropyViewMixin, TenantAPIView):
             "`entropy_bytes`.\n\n" + SIMULATED_DOC + "\n\n" + PROVENANCE_DOC
         ),
         parameters=[
-            OpenApiParameter("length", OpenApiTypes.INT, required=True, description="1..1024 values"),
+            OpenApiParameter("length", {"type": "integer", "minimum": 1, "maximum": formats.ANU_MAX_LENGTH},
+                             required=True, description=f"1..{formats.ANU_MAX_LENGTH} values"),
             OpenApiParameter("type", OpenApiTypes.STR, enum=list(formats.ANU_TYPES), default="uint8"),
-            OpenApiParameter("size", OpenApiTypes.INT, description="hex8/hex16: bytes per block, 1..1024"),
+            OpenApiParameter("size", {"type": "integer", "minimum": 1, "maximum": formats.ANU_MAX_SIZE},
+                             description=f"hex8/hex16: bytes per block, 1..{formats.ANU_MAX_SIZE}"),
         ],
         responses={200: AnuResponseSerializer, **ERRORS},
         examples=[OpenApiExample("uint8", response_only=True, status_codes=["200"], value={

@@ -8,6 +8,7 @@ malformed requests, quota and backend trouble are HTTP errors with the ETSI body
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -43,8 +44,10 @@ OPEN_ANSWER = inline_serializer("OpenConnectAnswer", {
     "Key_stream_ID": serializers.UUIDField(allow_null=True), "QoS": QOS})
 GET_KEY_REQUEST = inline_serializer("GetKeyRequest", {
     "Key_stream_ID": serializers.UUIDField(),
-    "index": serializers.IntegerField(required=False, help_text="chunk index (default: the caller's next)"),
-    "metadata_size": serializers.IntegerField(required=False, help_text="bytes the caller has for Metadata")})
+    "index": serializers.IntegerField(required=False, min_value=0,
+                                      help_text="chunk index (default: the caller's next)"),
+    "metadata_size": serializers.IntegerField(required=False, min_value=0,
+                                              help_text="bytes the caller has for Metadata")})
 GET_KEY_ANSWER = inline_serializer("GetKeyAnswer", {
     "status": serializers.IntegerField(help_text=STATUS_HELP),
     "Key_stream_ID": serializers.UUIDField(), "index": serializers.IntegerField(required=False),
@@ -95,9 +98,11 @@ class OpenConnectView(StreamView):
 
 class GetKeyView(StreamView):
     @extend_schema(summary="ETSI 004 GET_KEY", tags=TAGS, responses={200: GET_KEY_ANSWER, **RESPONSES},
-                   parameters=[OpenApiParameter("Key_stream_ID", str, required=True),
-                               OpenApiParameter("index", int, description="chunk index (default: the next)"),
-                               OpenApiParameter("metadata_size", int, description="bytes available for Metadata")],
+                   parameters=[OpenApiParameter("Key_stream_ID", OpenApiTypes.UUID, required=True),
+                               OpenApiParameter("index", {"type": "integer", "minimum": 0},
+                                                description="chunk index (default: the next)"),
+                               OpenApiParameter("metadata_size", {"type": "integer", "minimum": 0},
+                                                description="bytes available for Metadata")],
                    examples=GET_KEY_EXAMPLES,
                    description="The chunk at index (both SAEs of the stream get the same bytes for an index). "
                                "Each index is metered once in qkd_key_bits, whichever SAE reads it first.")

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
@@ -30,6 +31,7 @@ from services.etsi014 import (
 from services.models import Sae
 from tenants.authentication import BearerTokenAuthentication
 from tenants.models import ApiToken
+from tenants.schema import ETSI_ERROR as ERROR
 from tenants.tenancy import resolve_tenant
 
 
@@ -54,8 +56,6 @@ def key_response(body: dict[str, Any]) -> HttpResponse:
                         headers={"Cache-Control": "no-store"})
 
 
-ERROR = inline_serializer("EtsiError", {"message": serializers.CharField(), "details": serializers.ListField(
-    child=serializers.DictField(), required=False)})
 KEY_CONTAINER = inline_serializer("KeyContainer", {"keys": serializers.ListField(child=serializers.DictField())})
 EXAMPLE_KEYS = OpenApiExample("Key container", response_only=True, value={"keys": [{
     "key_ID": "bc490419-7d60-487f-adc1-4ddcc177c139", "key": "wHHVxRwDJs3/bXd38GHP3oe4svTuRpZS0yCC7x4Ly+s=",
@@ -109,8 +109,10 @@ class StatusView(EtsiView):
 
 
 GET_KEY_PARAMS = [
-    OpenApiParameter("number", int, description="number of keys (default 1)"),
-    OpenApiParameter("size", int, description="key size in bits (multiple of 8; default key_size)"),
+    OpenApiParameter("number", {"type": "integer", "minimum": 1},
+                     description="number of keys (default 1; at most max_key_per_request)"),
+    OpenApiParameter("size", {"type": "integer", "minimum": 8, "multipleOf": 8},
+                     description="key size in bits (multiple of 8, min_key_size..max_key_size; default key_size)"),
 ]
 
 
@@ -118,7 +120,7 @@ class EncKeysView(EtsiView):
     required_scope = "keys:write"
 
     @extend_schema(summary="ETSI 014 Get key (GET form)", tags=["ETSI GS QKD 014"], parameters=GET_KEY_PARAMS,
-                   responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 429: ERROR, 503: ERROR},
+                   responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR},
                    examples=[EXAMPLE_KEYS])
     def get(self, request, slave_sae_id: str):
         return self._keys(request, slave_sae_id)
@@ -130,7 +132,7 @@ class EncKeysView(EtsiView):
             "additional_slave_SAE_IDs": serializers.ListField(child=serializers.CharField(), required=False),
             "extension_mandatory": serializers.ListField(child=serializers.DictField(), required=False),
             "extension_optional": serializers.ListField(child=serializers.DictField(), required=False)}),
-        responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 429: ERROR, 503: ERROR},
+        responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR},
         examples=[OpenApiExample("Two 256-bit keys", request_only=True, value={"number": 2, "size": 256}),
                   EXAMPLE_KEYS],
     )
@@ -145,14 +147,15 @@ class EncKeysView(EtsiView):
 
 class DecKeysView(EtsiView):
     @extend_schema(summary="ETSI 014 Get key with key IDs (GET form)", tags=["ETSI GS QKD 014"],
-                   parameters=[OpenApiParameter("key_ID", str, description="a key ID (UUID)")],
+                   parameters=[OpenApiParameter("key_ID", OpenApiTypes.UUID, required=True, description="a key ID")],
                    responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR}, examples=[EXAMPLE_KEYS])
     def get(self, request, master_sae_id: str):
         return self._keys(request, master_sae_id)
 
     @extend_schema(summary="ETSI 014 Get key with key IDs", tags=["ETSI GS QKD 014"],
                    request=inline_serializer("KeyIds", {
-                       "key_IDs": serializers.ListField(child=serializers.DictField())}),
+                       "key_IDs": serializers.ListField(allow_empty=False, child=inline_serializer("KeyId", {
+                           "key_ID": serializers.UUIDField()}))}),
                    responses={200: KEY_CONTAINER, 400: ERROR, 401: ERROR, 503: ERROR}, examples=[EXAMPLE_KEYS])
     def post(self, request, master_sae_id: str):
         return self._keys(request, master_sae_id)

@@ -27,6 +27,8 @@ class SaeBundleSerializer(SaeSerializer):
 
 
 class QkdNodeSerializer(serializers.ModelSerializer):
+    kme_url = serializers.CharField(required=False, help_text="operators only (an internal address)")
+
     class Meta:
         model = QkdNode
         fields = ["node_id", "site", "kme_url", "auth_mode", "enabled", "source"]

@@ -48,6 +48,9 @@ class SaeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
 
     model = Sae
     serializer_class = SaeSerializer
+    error_reasons = {"create": {400: "bad input: an unknown node, or a name that is not a valid SAE name",
+                                409: "an SAE with this name exists in this tenant"},
+                     "destroy": {409: "the SAE has delivered keys or key streams on record: revoke it instead"}}
     read_scope = "keys:read"
     write_scope = "keys:write"
 
@@ -103,7 +106,7 @@ class KeyStreamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantS
         if self.action != "list":
             return queryset
         state = self.request.query_params.get("state")
-        if state:
+        if state is not None:
             if state not in KeyStream.State.values:
                 raise BadRequest(f"state must be one of {', '.join(KeyStream.State.values)}")
             queryset = queryset.filter(state=state)
@@ -140,6 +143,8 @@ class SimpleKeyView(TenantAPIView):
     authentication_classes = TOKEN_ONLY  # a GET that draws metered keys: no browser session (cross-site links)
 
     read_scope = "keys:write"  # getting a fresh key takes it out of the pool and is metered
+    error_reasons = {"get": {400: "bad input: src or dst neither your SAE nor a node, src and dst at one node, or "
+                                  "a size outside the KMEs' limits"}}
 
     @extend_schema(
         summary="Get a fresh key between two nodes (or two of your SAEs): end-to-end or one key per hop",
@@ -151,9 +156,12 @@ class SimpleKeyView(TenantAPIView):
             "there); each hop's peer copy is fetched by its key_ID the same way. Charged hops x size bits, all "
             "or nothing."),
         parameters=[
-            OpenApiParameter("src", OpenApiTypes.STR, required=True, description="node id or your SAE (master)"),
-            OpenApiParameter("dst", OpenApiTypes.STR, required=True, description="node id or your SAE (slave)"),
-            OpenApiParameter("size", OpenApiTypes.INT, description="bits, multiple of 8 (default 256)"),
+            OpenApiParameter("src", {"type": "string", "minLength": 1}, required=True,
+                             description="node id or your SAE (master)"),
+            OpenApiParameter("dst", {"type": "string", "minLength": 1}, required=True,
+                             description="node id or your SAE (slave)"),
+            OpenApiParameter("size", {"type": "integer", "minimum": 8, "multipleOf": 8},
+                             description="bits, multiple of 8 (default 256; at most the KMEs' max_key_size)"),
             OpenApiParameter("mode", OpenApiTypes.STR, enum=MODES, description="end-to-end (default) or per-hop"),
         ],
         responses=PolymorphicProxySerializer("SimpleKeyOrHopKeys", [SimpleKeySerializer, PerHopKeysSerializer],
@@ -193,8 +201,10 @@ class SimpleKeyView(TenantAPIView):
 class SimplePeerKeyView(TenantAPIView):
     authentication_classes = TOKEN_ONLY  # a GET that uses up the peer's copy: no browser session
     read_scope = "keys:read"
+    error_reasons = {"get": {400: "no key with this ID for this tenant (never charged, or fetched already)"}}
 
     @extend_schema(summary="Get the peer copy of a key by its ID (the slave side)", responses=SimpleKeySerializer,
+                   parameters=[OpenApiParameter("key_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
                    operation_id="qkd_peer_key_retrieve")
     def get(self, request, key_id: str):
         record, key = delivery.peer_key(self.tenant, key_id)

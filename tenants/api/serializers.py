@@ -112,8 +112,19 @@ class MeSerializer(serializers.Serializer):
     token = serializers.DictField(allow_null=True)
 
 
+class TextField(serializers.CharField):
+    """A CharField that takes text only: DRF's own reads a JSON number as its digits, which the schema (a
+    string) does not allow."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ApiTokenSerializer(serializers.ModelSerializer):
     prefix = serializers.CharField(read_only=True)
+    name = TextField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices), allow_empty=False)
     user = serializers.CharField(source="user.username", read_only=True)
     is_usable = serializers.BooleanField(read_only=True)

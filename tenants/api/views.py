@@ -4,6 +4,7 @@ import csv
 from collections.abc import Iterator
 
 from django.http import StreamingHttpResponse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, extend_schema_view
@@ -87,6 +88,10 @@ class MeView(APIView):
 class TenantViewSet(viewsets.ModelViewSet):
     serializer_class = TenantSerializer
     lookup_field = "slug"
+    error_reasons = {"create": {400: "bad input, or an unknown plan", 409: "a tenant with this slug exists"},
+                     "update": {400: "bad input, or an unknown plan"}, "partial_update": {400: "bad input, or an "
+                                                                                           "unknown plan"},
+                     "destroy": {400: "the tenant has usage records (billing history): suspend it instead"}}
 
     def get_permissions(self):
         if self.action in ("list", "retrieve"):
@@ -178,6 +183,9 @@ class TenantViewSet(viewsets.ModelViewSet):
 )
 class PlanViewSet(OperatorViewSet):
     serializer_class = PlanSerializer
+    error_reasons = {action: {400: "bad input, or a slug another plan has"} for action in ("create", "update",
+                                                                                           "partial_update")}
+    error_reasons["destroy"] = {400: "tenants are on this plan; move them first"}
     queryset = Plan.objects.prefetch_related("quotas")
     lookup_field = "slug"
 
@@ -212,6 +220,10 @@ class MembershipViewSet(
 
     model = Membership
     serializer_class = MembershipSerializer
+    error_reasons = {"create": {400: "bad input: neither username nor email, or no such user",
+                                409: "already a member"},
+                     "partial_update": {409: "a tenant keeps at least one owner"},
+                     "destroy": {409: "a tenant keeps at least one owner"}}
     write_scope = "tenant:admin"
     write_roles = set(MANAGING_ROLES)
     http_method_names = ["get", "patch", "delete", "head", "options"]
@@ -243,6 +255,7 @@ class InvitationViewSet(
 ):
     model = Invitation
     serializer_class = InvitationSerializer
+    error_reasons = {"create": {400: "bad input: neither the username nor the email of the user to invite"}}
     read_scope = "tenant:admin"
     write_scope = "tenant:admin"
     write_roles = set(MANAGING_ROLES)
@@ -266,7 +279,11 @@ def _session_user(request):
     return request.user
 
 
+TOKEN_REFUSED = {403: "answered with an API token: invitations are answered signed in (web session)"}
+
+
 class MyInvitationsView(APIView):
+    error_reasons = {"get": TOKEN_REFUSED}
     @extend_schema(summary="Your pending invitations (signed-in session)", responses=MyInvitationSerializer(many=True))
     def get(self, request):
         return Response(MyInvitationSerializer(services.pending_invitations(_session_user(request)), many=True).data)
@@ -274,6 +291,7 @@ class MyInvitationsView(APIView):
 
 class AnswerInvitationView(APIView):
     answer: str = "accept"
+    error_reasons = {"post": TOKEN_REFUSED}
 
     @extend_schema(summary="Accept or decline one of your invitations (signed-in session)", request=None,
                    responses=MyInvitationSerializer)
@@ -293,6 +311,7 @@ class ApiTokenViewSet(
 ):
     model = ApiToken
     serializer_class = ApiTokenSerializer
+    error_reasons = {"create": {400: "bad input, an expires_at not in the future, or a token without tenant:admin"}}
     write_roles = {"owner", "admin", "member", "viewer"}  # anyone may hold a token; scopes are capped by role
 
     def scope_queryset(self, queryset):
@@ -369,18 +388,19 @@ class UsageRecordViewSet(mixins.ListModelMixin, TenantScopedViewSet):
     def scope_queryset(self, queryset):
         params = self.request.query_params
         meter = params.get("meter")
-        if meter:
+        if meter is not None:  # present but empty is not "any meter": the schema's enum has no ""
             if meter not in METERS:
                 raise BadRequest(f"unknown meter {meter!r}", details={"meters": sorted(METERS)})
             queryset = queryset.filter(meter=meter)
         for name, lookup in (("since", "created_at__gte"), ("until", "created_at__lt")):
-            if params.get(name):
+            if name in params:
                 try:
                     when = parse_datetime(params[name])
                 except ValueError:  # well-formed but impossible, e.g. month 13
                     when = None
-                if when is None:
-                    raise BadRequest(f"{name} must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
+                if when is None or timezone.is_naive(when):  # RFC 3339, as the schema's date-time: with an offset
+                    raise BadRequest(f"{name} must be an ISO 8601 date-time with a time zone, e.g. "
+                                     "2026-11-01T00:00:00Z")
                 queryset = queryset.filter(**{lookup: when})
         return queryset
 

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from uuid import UUID
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
@@ -37,7 +40,9 @@ WRITE_ERRORS = {403: ERRORS[403], 404: READ_ERRORS[404]}
 
 @extend_schema_view(
     list=extend_schema(summary="The tenant's TLS sessions (newest first; ?state= filters)",
-                       responses={200: TlsSessionSerializer(many=True), 400: ERRORS[400], 403: READ_ERRORS[403]}),
+                       responses={200: TlsSessionSerializer(many=True), 400: ERRORS[400], 403: READ_ERRORS[403]},
+                       parameters=[OpenApiParameter("state", OpenApiTypes.STR, enum=TlsSession.State.values,
+                                                    description="only sessions in this state")]),
     retrieve=extend_schema(summary="One TLS session: state, endpoints, key IDs of every rotation",
                            responses={200: TlsSessionSerializer, **READ_ERRORS}),
 )
@@ -53,7 +58,7 @@ class TlsSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
     def scope_queryset(self, queryset):
         queryset = queryset.select_related("node_a", "node_b", "sae_a", "sae_b").prefetch_related("rotations")
         state = self.request.query_params.get("state") if self.action == "list" else None
-        if state:
+        if state is not None:
             if state not in TlsSession.State.values:
                 raise BadRequest(f"state must be one of {', '.join(TlsSession.State.values)}")
             queryset = queryset.filter(state=state)
@@ -123,6 +128,10 @@ class EndpointKeyView(APIView):
             caller = token_calling_sae(resolve_tenant(request), request.headers.get("X-SAE-ID"), "keys:read")
         else:
             raise Forbidden("an SAE certificate or an API token is required")
+        try:
+            uuid = UUID(uuid)
+        except ValueError:  # the URL's pattern lets any 32-36 hex digits and dashes through
+            raise NotFound("no such TLS session for this endpoint") from None
         session = (TlsSession.objects.for_tenant(caller.tenant_id).select_related("sae_master")
                    .filter(uuid=uuid, mode=TlsSession.Mode.BYO).first())
         if session is None or caller.pk not in (session.sae_a_id, session.sae_b_id):
