@@ -159,6 +159,8 @@ def test_an_idempotency_key_reused_for_another_meter_or_amount_is_a_conflict(ten
     quota.release(tenant, METER, 10, "r1")
     with pytest.raises(Conflict):
         quota.release(tenant, METER, 5, "r1")
+    with pytest.raises(Conflict):
+        quota.release(tenant, METER, 100, "k2")  # a consumption's key is not a release's, even for the same amount
     assert ledger(tenant, "entropy_bytes") == 100 and ledger(tenant) == 90
 
 
