@@ -125,7 +125,8 @@ def test_reserve_admits_exactly_the_remaining_amount(tenant):
 
 
 def test_idempotency_keys_of_200_characters_are_accepted_and_201_refused(tenant):
-    assert quota.consume(tenant, "entropy_bytes", 1, "k" * 200).idempotency_key == "k" * 200
+    first = quota.consume(tenant, "entropy_bytes", 1, "k" * 200)
+    assert first.idempotency_key == "k" * 200 and first.replayed is False  # a new row, not a replay
     with pytest.raises(BadRequest, match="1 to 200 characters"):
         quota.consume(tenant, "entropy_bytes", 1, "k" * 201)
     with pytest.raises(BadRequest, match="1 to 200 characters"):
@@ -203,10 +204,12 @@ def test_a_hold_settles_in_full_even_when_the_limit_was_lowered_under_it(tenant)
     assert record.quantity == 600 and ledger(tenant) == 600 == state(tenant, "qkd_key_bits.day").used
 
 
-def test_a_reservation_cannot_be_changed_after_the_hold(tenant):
+def test_a_reservation_and_a_quota_state_cannot_be_changed_after_the_fact(tenant):
     r = quota.reserve(tenant, METER, 10)
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.amount = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state(tenant, "qkd_key_bits.day").used = 0  # type: ignore[misc]
     quota.release_reservation(r)
 
 
@@ -225,13 +228,14 @@ def test_record_duration_writes_one_row_at_the_span_start_and_refuses_other_mete
     at, order = timezone.now() - timedelta(hours=2), uuid.uuid4()
     assert quota.record_duration(tenant, "key_stream_seconds", 3600, "h1", at=at, order_id=order) is True
     assert quota.record_duration(tenant, "key_stream_seconds", 3600, "h1", at=at, order_id=order) is False
+    assert quota.record_duration(tenant, "key_stream_seconds", 1, "h1s", at=at, order_id=order) is True  # 1 s counts
     assert quota.record_duration(tenant, "key_stream_seconds", 0, "h2", at=at, order_id=order) is False
     assert quota.record_duration(tenant, "key_stream_seconds", -5, "h3", at=at, order_id=order) is False
     with pytest.raises(BadRequest, match="not a duration meter"):
         quota.record_duration(tenant, METER, 10, "h4", at=at, order_id=order)
-    rows = list(UsageRecord.objects.for_tenant(tenant))
+    rows = list(UsageRecord.objects.for_tenant(tenant).order_by("pk"))
     assert [(r.meter, r.quantity, r.unit, r.created_at, r.order_id) for r in rows] == [
-        ("key_stream_seconds", 3600, "second", at, order)]
+        ("key_stream_seconds", 3600, "second", at, order), ("key_stream_seconds", 1, "second", at, order)]
 
 
 # --- outside a transaction --------------------------------------------------------------------------------------
