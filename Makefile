@@ -36,10 +36,11 @@ lint: venv
 bench: venv
 	bash scripts/bench.sh
 
-## Mutation testing of the security- and money-critical modules (slow; MODULES="tenants/tokens.py ..." for some).
+## Mutation testing of the security- and money-critical modules (slow; MODULE=tenants/quota.py for one,
+## MODULES="tenants/tokens.py ..." for some). Runs at the lowest CPU priority: the machine is shared.
 mutate: venv
 	$(PY) -m pip install -q -e '.[test,mutate]'
-	$(PY) scripts/mutate.py $(MODULES)
+	nice -n 19 $(PY) scripts/mutate.py $(MODULE) $(MODULES)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

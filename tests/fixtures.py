@@ -6,17 +6,22 @@
 - the live lab: ``backend_twin`` (a real madqci twin over HTTPS with mutual TLS, one per session),
   ``network`` (registered as the portal's SD-QKD backend), ``make_lab`` (a tenant with an owner, an API client
   and SAEs at CAIT and Rectorado), ``https_and_web`` / ``https_portal`` (the key gateway and the web listener
-  as ``make run`` starts them, on the test database), ``twin_factory`` (more twins, stopped after the test).
+  as ``make run`` starts them, on the test database), ``twin_factory`` (more twins, stopped after the test);
+- concurrency: ``run_in_threads`` (N threads released together by a barrier, each with its own database
+  connection).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from rest_framework.test import APIClient
 
 from services import registry
@@ -102,6 +107,44 @@ def two_tenants(make_tenant, member, client_for):
 @pytest.fixture
 def default_plans(db):
     ensure_default_plans()
+
+
+# --- concurrency -----------------------------------------------------------------------------------------------
+def run_in_threads(n: int, target: Callable[[int], Any], *, prepare: Callable[[int], Any] | None = None,
+                   timeout: float = 60.0) -> list:
+    """Run ``target(i)`` for i in 0..n-1 in ``n`` threads released together by a barrier, each thread with its
+    own database connection (closed when it ends); the results in order of i.
+
+    ``prepare(i)``, when given, runs in the thread before the barrier (e.g. a query that must not be part of the
+    race) and ``target`` is then called with its result instead of ``i``. A worker's exception is raised here;
+    a worker still running after ``timeout`` seconds fails the test (every join is bounded)."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+    done = [False] * n
+
+    def worker(i: int) -> None:
+        try:
+            argument = prepare(i) if prepare is not None else i
+            barrier.wait(timeout=30)
+            results[i] = target(argument)
+            done[i] = True
+        except BaseException as exc:  # handed to the test's thread, raised there
+            errors.append(exc)
+            barrier.abort()  # the others do not wait for one that will never arrive
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    if errors:
+        raise errors[0]
+    assert all(done), f"{done.count(False)} of {n} workers did not finish within {timeout} s"
+    return results
 
 
 # --- the live lab: the real twin as the portal's QKD network ------------------------------------------------------

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from portal.errors import QuotaExceeded
@@ -22,6 +20,7 @@ from tenants.meters import KEY_STREAM_SECONDS, KEY_STREAMS
 from tenants.models import Tenant, UsageRecord
 from tenants.services import set_quota_overrides
 from tests.conftest import uses_postgres
+from tests.fixtures import run_in_threads
 
 State = KeyStream.State
 
@@ -59,28 +58,6 @@ def place_stream(tenant: Tenant, saes: tuple[Sae, Sae], **fields) -> KeyStream:
 def backdate_activation(order: KeyStream, at: datetime) -> None:
     KeyStream.objects.for_tenant(order.tenant_id).filter(pk=order.pk).update(activated_at=at, metered_until=None)
     order.refresh_from_db()
-
-
-def run_in_threads(n: int, target) -> list:
-    """``target()`` in ``n`` threads released together, each with its own database connection."""
-    barrier, results, lock = threading.Barrier(n), [], threading.Lock()
-
-    def worker() -> None:
-        try:
-            barrier.wait(timeout=30)
-            result = target()
-            with lock:
-                results.append(result)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert len(results) == n, "a worker failed or hung"
-    return results
 
 
 def test_place_takes_a_slot_and_writes_the_row_in_one_transaction(tenant, saes):
@@ -187,7 +164,7 @@ def test_an_order_closed_twice_concurrently_releases_its_slot_once(tenant, saes)
     stream = place_stream(tenant, saes)
     orders.advance(stream, State.CONNECTED, expected=(State.OPENED,))
     backdate_activation(stream, timezone.now() - timedelta(seconds=30))
-    won = run_in_threads(8, lambda: orders.finish(KeyStream.objects.for_tenant(tenant).get(pk=stream.pk),
+    won = run_in_threads(8, lambda _: orders.finish(KeyStream.objects.for_tenant(tenant).get(pk=stream.pk),
                                                   State.CLOSED))
     assert won.count(True) == 1
     assert slots_used(tenant) == 0
@@ -206,7 +183,7 @@ def test_the_maintenance_job_run_concurrently_meters_each_second_once(tenant, sa
     for stream in streams:
         orders.advance(stream, State.CONNECTED, expected=(State.OPENED,))
         backdate_activation(stream, activated)
-    written = run_in_threads(4, orders.meter_durations)
+    written = run_in_threads(4, lambda _: orders.meter_durations())
     last_hour = timezone.now().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     expected = math.floor(last_hour.timestamp()) - math.floor(activated.timestamp())
     assert sum(written) == 2 * expected

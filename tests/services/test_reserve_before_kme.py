@@ -5,10 +5,8 @@ ledger. ETSI 014 and ETSI 004 against the real twin."""
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
-from django.db import connection
 
 from portal.errors import QuotaExceeded, ServiceUnavailable
 from services import delivery, registry
@@ -17,6 +15,7 @@ from tenants import quota
 from tenants.models import QuotaReservation
 from tenants.services import set_quota_overrides
 from tests.conftest import uses_postgres
+from tests.fixtures import run_in_threads
 
 
 def kme_keys_handed_out(twin, node: str) -> int:
@@ -41,29 +40,19 @@ def test_64_parallel_enc_keys_at_the_limit_take_no_more_keys_from_the_kme(backen
     master = Sae.objects.for_tenant(lab.tenant).select_related("node").get(name="race-cait")
     delivery.enc_keys(master, "race-rect", number=1, size=256)  # warm: counters exist, KME limits cached
     before = kme_keys_handed_out(backend_twin, "CAIT")
-    barrier, lock, outcomes = threading.Barrier(64), threading.Lock(), []
 
-    def worker() -> None:
+    def worker(me: Sae) -> str:
         try:
-            me = Sae.objects.for_tenant(lab.tenant).select_related("node", "tenant").get(pk=master.pk)
-            barrier.wait(timeout=30)
-            try:
-                delivery.enc_keys(me, "race-rect", number=1, size=256)
-                result = "ok"
-            except QuotaExceeded:
-                result = "refused"
-            except ServiceUnavailable:
-                result = "kme"
-            with lock:
-                outcomes.append(result)
-        finally:
-            connection.close()
+            delivery.enc_keys(me, "race-rect", number=1, size=256)
+            return "ok"
+        except QuotaExceeded:
+            return "refused"
+        except ServiceUnavailable:
+            return "kme"
 
-    threads = [threading.Thread(target=worker) for _ in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    # Each thread reads its SAE before the barrier: only the key requests race.
+    outcomes = run_in_threads(64, worker, timeout=120, prepare=lambda _: Sae.objects.for_tenant(lab.tenant)
+                              .select_related("node", "tenant").get(pk=master.pk))
     assert len(outcomes) == 64 and outcomes.count("kme") == 0, outcomes
     assert outcomes.count("ok") == 19 and outcomes.count("refused") == 45
     # The KME handed out exactly the keys that were charged: none taken and thrown away.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,7 @@ from tenants import quota
 from tenants.models import QuotaCounter, Tenant, UsageRecord
 from tenants.services import set_quota_overrides
 from tests.conftest import uses_postgres
+from tests.fixtures import run_in_threads
 
 
 def used(tenant, key: str) -> int:
@@ -154,28 +154,15 @@ def test_64_concurrent_consumers_never_overshoot(plan, pipelined):
     set_quota_overrides(tenant, {"qkd_key_bits.day": 40 * 256, "qkd_key_bits.month": -1})
     quota.consume(tenant, "qkd_key_bits", 256, "warm-up")  # the windows' counter rows exist: the common case
     limits = quota.check(tenant, "qkd_key_bits", 256) if pipelined else None
-    barrier = threading.Barrier(64)
-    outcomes: list[str] = []
-    lock = threading.Lock()
 
-    def worker(i: int) -> None:
+    def worker(i: int) -> str:
         try:
-            barrier.wait(timeout=30)
-            try:
-                quota.consume(tenant, "qkd_key_bits", 256, f"req-{i}", limits=limits)
-                result = "ok"
-            except QuotaExceeded:
-                result = "exceeded"
-            with lock:
-                outcomes.append(result)
-        finally:
-            connection.close()
+            quota.consume(tenant, "qkd_key_bits", 256, f"req-{i}", limits=limits)
+            return "ok"
+        except QuotaExceeded:
+            return "exceeded"
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    outcomes = run_in_threads(64, worker)
     assert len(outcomes) == 64
     assert outcomes.count("ok") == 39
     assert used(tenant, "qkd_key_bits.day") == 40 * 256 == ledger_sum(tenant, "qkd_key_bits")
@@ -223,20 +210,6 @@ def test_the_pipelined_path_decides_exactly_like_the_general_one(plan, monkeypat
 @pytest.mark.skipif(not uses_postgres(), reason="the concurrency guarantee is tested on PostgreSQL")
 def test_concurrent_replays_of_one_idempotency_key_record_once(plan):
     tenant = Tenant.objects.create(name="Replay", slug="replay", plan=plan)
-    barrier = threading.Barrier(16)
-    ids: list[int] = []
-
-    def worker() -> None:
-        try:
-            barrier.wait(timeout=30)
-            ids.append(quota.consume(tenant, "entropy_bytes", 64, "one-delivery").pk)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    ids = run_in_threads(16, lambda _: quota.consume(tenant, "entropy_bytes", 64, "one-delivery").pk)
     assert len(ids) == 16 and len(set(ids)) == 1
     assert used(tenant, "entropy_bytes.day") == 64 == ledger_sum(tenant, "entropy_bytes")

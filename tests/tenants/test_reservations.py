@@ -3,11 +3,9 @@ back on failure or when its process died; counters == ledger + open reservations
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from portal.errors import QuotaExceeded
@@ -15,6 +13,7 @@ from tenants import quota
 from tenants.models import QuotaReservation, Tenant
 from tenants.services import set_quota_overrides
 from tests.conftest import uses_postgres
+from tests.fixtures import run_in_threads
 
 METER = "qkd_key_bits"
 
@@ -94,26 +93,14 @@ def test_64_parallel_reservations_at_the_limit_hold_no_more_than_it(make_tenant)
     tenant = make_tenant("race")
     set_quota_overrides(tenant, {"qkd_key_bits.day": 40 * 256, "qkd_key_bits.month": -1})
     quota.consume(tenant, METER, 256, "warm-up")  # the window's counter row exists: the pipelined path
-    barrier, lock, outcomes = threading.Barrier(64), threading.Lock(), []
 
-    def worker(i: int) -> None:
+    def worker(i: int) -> str:
         try:
-            barrier.wait(timeout=30)
-            try:
-                r = quota.reserve(tenant, METER, 256)
-                quota.settle(r, 256, f"req-{i}", "race")
-                result = "ok"
-            except QuotaExceeded:
-                result = "refused"
-            with lock:
-                outcomes.append(result)
-        finally:
-            connection.close()
+            quota.settle(quota.reserve(tenant, METER, 256), 256, f"req-{i}", "race")
+            return "ok"
+        except QuotaExceeded:
+            return "refused"
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    outcomes = run_in_threads(64, worker)
     assert len(outcomes) == 64 and outcomes.count("ok") == 39
     assert used(tenant) == 40 * 256 == ledger(tenant) and held(tenant) == 0
