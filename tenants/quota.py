@@ -380,11 +380,18 @@ def release(
                 counter = _counter(tenant, key, window_bounds(window, at)[0])
                 rows = QuotaCounter.objects.for_tenant(tenant).filter(pk=counter.pk, used__gte=amount)
                 if rows.update(used=F("used") - amount) == 0:
-                    raise Conflict(f"cannot release {amount} {spec.unit}s of {key}: more than was consumed")
+                    raise _OverLimit(key, amount)  # rolls back what earlier windows gave back
             return UsageRecord.objects.create(
                 tenant=tenant, meter=meter, kind=UsageRecord.Kind.RELEASE, quantity=-amount, unit=spec.unit,
                 reference=reference[:200], idempotency_key=idempotency_key, order_id=order_id,
             )
+    except _OverLimit as short:
+        # A concurrent release with the same key may have taken the counter first (its row lock made this
+        # UPDATE wait, then find too little): that is a replay, not an over-release.
+        replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.RELEASE)
+        if replay is not None:
+            return replay
+        raise Conflict(f"cannot release {amount} {spec.unit}s of {short.key}: more than was consumed") from None
     except IntegrityError:
         replay = _replayed(tenant, meter, amount, idempotency_key, UsageRecord.Kind.RELEASE)
         if replay is None:
