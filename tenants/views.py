@@ -1,19 +1,17 @@
-"""The tenant's web pages: dashboard (quotas), API tokens, usage ledger, and the operators' tenant list."""
+"""The tenant's web pages: dashboard (quotas), API tokens, usage ledger (operator pages: ``operator_views``)."""
 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from portal.errors import ApiError
-from portal.health import readiness
 
 from . import quota, tokens
-from .models import ApiToken, Membership, Scope, Tenant, UsageRecord
+from .models import ApiToken, Membership, Scope, UsageRecord
 from .tenancy import web_tenant
 
 
@@ -72,14 +70,3 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         return redirect("dashboard")
     records = UsageRecord.objects.for_tenant(ctx.tenant)[:200]
     return render(request, "tenants/usage.html", {"tenant_context": ctx, "records": records})
-
-
-@staff_member_required(login_url="account_login")
-def operator_tenants(request: HttpRequest) -> HttpResponse:
-    rows = []
-    for tenant in Tenant.objects.select_related("plan").order_by("name"):
-        states = {s.quota_key: s for s in quota.quota_states(tenant)}
-        rows.append({"tenant": tenant, "key_bits": states.get("qkd_key_bits.month"),
-                     "entropy": states.get("entropy_bytes.month")})
-    _ok, health = readiness()  # which dependency is down, for operators
-    return render(request, "tenants/operator_tenants.html", {"rows": rows, "health": health})

@@ -8,6 +8,8 @@ API_TOKEN_PEPPERS = {  # no default either: rotating it must be a deliberate ope
     int(k): v for k, v in (item.split(":", 1) for item in env.str("API_TOKEN_PEPPERS").split(",") if item)
 }
 DEBUG = False
+QXAAS_REQUIRE_STAFF_MFA = True  # not switchable by the environment here: staff always sign in with TOTP
+QXAAS_PRODUCTION = True  # demo-only shortcuts (tenants.demo: the demo operator's pre-enrolled TOTP) are refused
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Scrapers and health checks talk plain HTTP to the listener on the host itself (nginx keeps these paths in).

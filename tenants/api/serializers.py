@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from tenants.meters import QUOTA_KEYS, UNLIMITED
-from tenants.models import ApiToken, Membership, Plan, Scope, Tenant, UsageRecord
+from tenants.models import ApiToken, AuditEvent, Membership, Plan, Scope, Tenant, UsageRecord
 
 
 def _validate_limits(value: dict) -> dict:
@@ -132,3 +132,13 @@ class UsageRecordSerializer(serializers.ModelSerializer):
         model = UsageRecord
         fields = ["id", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "order_id", "created_at"]
 
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "created_at", "actor_type", "actor", "tenant", "action", "object_type", "object_id",
+                  "details", "request_id", "ip"]
+        read_only_fields = fields

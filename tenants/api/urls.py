@@ -9,6 +9,8 @@ router.register("plans", views.PlanViewSet, basename="plan")
 router.register("members", views.MembershipViewSet, basename="member")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
 router.register("usage", views.UsageRecordViewSet, basename="usage")
+router.register("audit", views.AuditEventViewSet, basename="audit")
+router.register("operator/audit", views.OperatorAuditViewSet, basename="operator-audit")
 
 urlpatterns = [
     path("me/", views.MeView.as_view(), name="me"),
