@@ -11,6 +11,7 @@ install_debs strongswan-charon libcharon-extra-plugins strongswan-swanctl iprout
 install_debs stunnel4 openssl          # TLS sessions (tests/tls)
 install_debs poppler-utils             # pdftotext reads invoice PDFs back (tests/billing)
 install_debs prometheus nginx-light systemd   # promtool, nginx -t, systemd-analyze (tests/ops)
+install_debs chromium chromium-driver  # headless browser tests (tests/browser, Selenium + axe-core)
 make --no-print-directory venv
 # Throwaway test clusters need no durability.
 PG_OPTS="-c fsync=off -c synchronous_commit=off" start_services test

@@ -10,6 +10,7 @@ import uuid
 from typing import ClassVar
 
 from django.db import models
+from django.utils import timezone
 
 from tenants.meters import KEY_STREAM_SECONDS, KEY_STREAMS
 from tenants.models import Tenant
@@ -196,3 +197,25 @@ class KeyStream(ServiceOrder):
 
     def __str__(self) -> str:
         return f"{self.ksid} {self.source_id}->{self.destination_id} ({self.state})"
+
+
+class LinkSample(models.Model):
+    """A QKD link's telemetry at one moment (network-wide, not a tenant's): the link pages' history charts.
+
+    Taken by ``services.linkhistory.sample`` (beat, every few seconds, and when the network is viewed); samples
+    older than ``LINK_HISTORY_HOURS`` are pruned."""
+
+    link_id = models.CharField(max_length=100)
+    at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=20)
+    secret_key_rate_bps = models.FloatField(null=True)
+    qber = models.FloatField(null=True)
+    key_store_fill_bits = models.BigIntegerField(null=True)
+    key_store_capacity_bits = models.BigIntegerField(null=True)
+    aborted_blocks = models.BigIntegerField(null=True, help_text="cumulative aborted post-processing blocks")
+
+    class Meta:
+        indexes = [models.Index(fields=["link_id", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.link_id} {self.state} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -4,6 +4,7 @@ from . import operator_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("fragments/usage/", views.dashboard_usage_fragment, name="dashboard-usage"),
     path("tokens/", views.token_page, name="tokens"),
     path("usage/", views.usage_page, name="usage"),
     path("audit/", operator_views.tenant_audit_page, name="audit"),

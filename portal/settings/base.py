@@ -205,6 +205,7 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-usage-hourly": {"task": "tenants.tasks.rollup_usage", "schedule": 600.0},
     "expire-quota-reservations": {"task": "tenants.tasks.expire_quota_reservations", "schedule": 60.0},
     "maintain-service-orders": {"task": "services.tasks.maintain_orders", "schedule": 2.0},
+    "sample-qkd-links": {"task": "services.tasks.sample_links", "schedule": 5.0},  # link history charts
     "fill-entropy-pool": {"task": "qrng.tasks.fill_pool", "schedule": 2.0},
     # Billing: thin tasks over billing.invoices / thresholds / webhooks (each idempotent).
     "billing-close-periods": {"task": "billing.tasks.close_periods", "schedule": 600.0},
@@ -212,6 +213,9 @@ CELERY_BEAT_SCHEDULE = {
     "billing-quota-thresholds": {"task": "billing.tasks.check_quota_thresholds", "schedule": 60.0},
     "billing-retry-webhooks": {"task": "billing.tasks.retry_webhooks", "schedule": 30.0},
 }
+
+# QKD link telemetry kept for the link pages' history charts (services.linkhistory).
+LINK_HISTORY_HOURS = env.int("LINK_HISTORY_HOURS", default=24)
 
 # --- IPsec tunnels (ipsec app) -----------------------------------------------------------------------
 # The shortest re-key interval a tenant may order (each re-key takes a fresh QKD key and a new IKE SA).

@@ -29,9 +29,12 @@ def test_services_page_registers_an_sae_and_shows_the_bundle_once(make_lab):
     browser = Client()
     browser.force_login(lab.owner)
     html = browser.get("/services/").content.decode()
-    assert "ccs-rectorado" in html and "upm-cait" in html
-    assert re.search(r"protocol: \d+ protocol / \d+ statistical blocks", html)
-    assert re.search(r"\d\.\d\d %", html)  # QBER in percent, to two decimals
+    assert "upm-cait" in html
+    network = browser.get("/services/network/").content.decode()
+    assert "ccs-rectorado" in network and 'data-link="ccs-rectorado" data-state="up"' in network  # the picture
+    assert re.search(r"\d\.\d\d %", network)  # QBER in percent, to two decimals
+    link = browser.get("/services/network/links/ccs-rectorado/").content.decode()
+    assert "Secret key rate" in link and "<svg" in link  # the link's history charts
     response = browser.post("/services/", {"name": "web-sae", "node": "CCS"})
     html = response.content.decode()
     assert response["Cache-Control"] == "no-store"

@@ -387,9 +387,9 @@ def test_the_tenant_lists_its_streams_with_counters_never_key_material(make_lab)
     other_ksid = other.client.get("/api/qkd/streams").json()["results"][0]["Key_stream_ID"]
     assert lab.client.get(f"/api/qkd/streams/{other_ksid}").status_code == 404
 
-    # the services page lists them too
+    # the key streams page lists them too
     lab.client.force_login(lab.owner)
-    page = lab.client.get("/services/").content.decode()
+    page = lab.client.get("/services/streams/").content.decode()
     assert ksid in page and waiting in page and other_ksid not in page
 
 
