@@ -24,7 +24,7 @@ class Command(BaseCommand):
         shown = passwords.read_text() if passwords.exists() else "(see ./var/demo-passwords)\n"
         if creds.operator_totp:
             second = ("The operator's second factor (TOTP) is pre-enrolled for the demo; the current code:\n"
-                      "  .venv/bin/python manage.py demo_totp      (QXAAS_DEMO=1 is needed; make run sets it)\n")
+                      "  QXAAS_DEMO=1 .venv/bin/python manage.py demo_totp   (demo only: refused without QXAAS_DEMO)\n")
         else:
             second = "The operator enrols TOTP (an authenticator app) at the first sign-in.\n"
         self.stdout.write(
