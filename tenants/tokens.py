@@ -180,4 +180,11 @@ def revoke_token(token: ApiToken, reason: str = "") -> None:
 def expire_tokens(now: datetime | None = None) -> int:
     """Mark expired tokens revoked so listings and audits show them as dead; returns how many."""
     now = now or timezone.now()
-    return ApiToken.objects.unscoped().filter(expires_at__lte=now, revoked_at__isnull=True).update(revoked_at=now)
+    due = ApiToken.objects.unscoped().filter(expires_at__lte=now, revoked_at__isnull=True)
+    expired = 0
+    for token in due.only("pk", "key", "name", "tenant_id"):
+        if ApiToken.objects.unscoped().filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
+            expired += 1
+            audit.record("token.revoked", tenant=token.tenant_id, obj=token, object_id=token.prefix,
+                         details={"name": token.name, "reason": "expired"})
+    return expired

@@ -142,3 +142,16 @@ def test_the_audit_log_is_append_only(two_tenants):
     event.action = "nothing"
     with pytest.raises(Exception, match="append-only"):
         event.save()
+
+
+def test_expired_tokens_are_recorded_as_revoked_by_the_system(two_tenants):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    token = ApiToken.objects.for_tenant(two_tenants["a"]).first()
+    ApiToken.objects.for_tenant(two_tenants["a"]).filter(pk=token.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1))
+    assert tokens.expire_tokens() == 1 and tokens.expire_tokens() == 0
+    [event] = events(action="token.revoked")
+    assert event.details["reason"] == "expired" and event.actor_type == "system" and event.tenant == two_tenants["a"]
