@@ -150,3 +150,16 @@ def test_a_persons_own_totp_is_never_printed(db, monkeypatch, make_user):
     assert bootstrap_demo().operator_totp is False
     with pytest.raises(CommandError, match="no TOTP enrolled by the demo"):
         call_command("demo_totp")
+
+
+def test_demo_totp_waits_for_a_code_that_stays_current(db, monkeypatch, capsys):
+    import tenants.management.commands.demo_totp as command
+
+    monkeypatch.setenv("QXAAS_DEMO", "1")
+    bootstrap_demo()
+    answers = iter([("111111", 2), ("222222", 30)])
+    slept = []
+    monkeypatch.setattr(command, "demo_totp_code", lambda user: next(answers))
+    monkeypatch.setattr(command.time, "sleep", slept.append)
+    call_command("demo_totp", "--min-valid", "20")
+    assert capsys.readouterr().out.strip() == "222222" and slept == [2.5]
