@@ -21,7 +21,7 @@ run: venv
 	  libstrongswan-standard-plugins iproute2 iputils-ping'
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput -v0
-	$(PY) manage.py bootstrap_demo
+	QXAAS_DEMO=1 $(PY) manage.py bootstrap_demo  # the demo operator's TOTP is pre-enrolled (demo only)
 	$(PY) manage.py bootstrap_billing_demo
 	QXAAS_DEMO=1 PORT=$(PORT) $(PY) -m portal.runstack
 

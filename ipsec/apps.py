@@ -13,3 +13,6 @@ class IpsecConfig(AppConfig):
         from .models import Tunnel
 
         orders.register(Tunnel, expire=services.expire, maintain=services.maintain)
+        from services import network
+
+        network.register_gateway_reporter("ipsec", services.gateway_report)

@@ -27,6 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portal.errors import ApiError, BadRequest, Conflict, ServiceUnavailable
@@ -573,3 +574,22 @@ import socket, time
 s = socket.create_connection(("{dst}", 5201), timeout=15, source_address=("{src}", 0))
 t = time.monotonic(); s.sendall(bytes({size})); s.shutdown(socket.SHUT_WR); s.recv(1); print(time.monotonic() - t)
 """
+
+
+def gateway_report() -> dict[str, str]:
+    """{node_id: status in words} of the nodes' IPsec gateways, for the operators' network page (``*``: every
+    node, when none is registered)."""
+    gateways = list(IpsecGateway.objects.all())
+    if not gateways:
+        return {"*": f"unavailable: {unavailable_reason()}"}
+    out = {}
+    for gw in gateways:
+        if not gw.enabled:
+            out[gw.node_id] = f"disabled ({gw.address})"
+        elif gw.reachable:
+            live = Tunnel.objects.unscoped().filter(state__in=Tunnel.live_states).filter(
+                Q(node_a=gw.node_id) | Q(node_b=gw.node_id)).count()
+            out[gw.node_id] = f"up ({gw.address}), {live} live tunnel{'s' if live != 1 else ''}"
+        else:
+            out[gw.node_id] = f"unreachable ({gw.address}): {gw.last_error or 'not checked yet'}"
+    return out

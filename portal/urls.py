@@ -16,6 +16,7 @@ admin.site.site_header = "QXaaS administration"
 urlpatterns = [
     path("", include("tenants.urls")),
     path("services/", include("services.urls")),
+    path("operator/", include("services.operator_urls")),  # network operations (tenants' operator pages: tenants.urls)
     path("entropy/", include("qrng.urls")),
     path("tunnels/", include("ipsec.urls")),
     path("healthz", healthz, name="healthz"),

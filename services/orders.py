@@ -36,7 +36,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from tenants import quota
+from tenants import audit, quota
 from tenants.models import Tenant
 
 from .models import ServiceOrder
@@ -93,6 +93,8 @@ def place(model: type[Order], tenant: Tenant, *, reference: str = "",
                       reference=reference or f"{model.order_kind}:{order_uuid}", order_id=order_uuid)
         order = model(uuid=order_uuid, tenant=tenant, state=state, **fields)
         order.save(force_insert=True)
+        audit.record("order.placed", tenant=tenant, obj=order, object_type=model.order_kind,
+                     details={"kind": model.order_kind, "state": state, "reference": reference})
         if on_commit is not None:
             transaction.on_commit(lambda: on_commit(order))
     return order
@@ -134,6 +136,8 @@ def finish(order: ServiceOrder, state: str, reason: str = "") -> bool:
                           reference=f"{model.order_kind}:{order.uuid}:{state}", order_id=order.uuid)
             order.state, order.closed_at, order.reason = state, now, reason[:REASON_MAX]
             meter_duration(order, until=now)
+            audit.record("order.closed", tenant=order.tenant_id, obj=order, object_type=model.order_kind,
+                         details={"kind": model.order_kind, "state": state, "reason": reason[:500]})
     return bool(won)
 
 

@@ -1,6 +1,7 @@
 from django.contrib import admin
 
-from .models import ApiToken, Membership, Plan, PlanQuota, Tenant, TenantQuotaOverride, UsageRecord
+from . import audit
+from .models import ApiToken, AuditEvent, Membership, Plan, PlanQuota, Tenant, TenantQuotaOverride, UsageRecord
 
 
 class UnscopedAdmin(admin.ModelAdmin):
@@ -35,6 +36,28 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ["status", "plan"]
     search_fields = ["name", "slug"]
     inlines = [OverrideInline]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and form.changed_data:  # the admin edits rows directly: record what it changed
+            audit.record("tenant.changed_in_admin", tenant=obj, obj=obj,
+                         details={name: str(form.cleaned_data.get(name)) for name in form.changed_data})
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(UnscopedAdmin):
+    list_display = ["created_at", "actor", "tenant", "action", "object_type", "object_id", "ip"]
+    list_filter = ["action", "actor_type"]
+    search_fields = ["actor", "object_id", "request_id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Membership)

@@ -10,3 +10,6 @@ class TenantsConfig(AppConfig):
             metrics,  # noqa: F401 - registers the tenants' /metrics series
             schema,  # noqa: F401 - registers the OpenAPI auth extension
         )
+        from .audit import connect_sign_in_signals
+
+        connect_sign_in_signals()

@@ -305,3 +305,44 @@ class ApiToken(models.Model):
     @property
     def is_usable(self) -> bool:
         return self.revoked_at is None and not self.is_expired()
+
+
+class AuditEvent(models.Model):
+    """Who did what, when: one row per action that changes a tenant, a plan, a token, an order or the network.
+
+    Written by the service functions themselves (``tenants.audit.record``), so an action taken through the API,
+    the web pages, the admin or a worker is recorded the same way. Append-only; ``details`` never holds a
+    secret (``record`` drops keys that look like one)."""
+
+    class ActorType(models.TextChoices):
+        USER = "user", "User (signed-in session)"
+        TOKEN = "token", "API token"
+        SYSTEM = "system", "System (worker, periodic job, command)"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_type = models.CharField(max_length=10, choices=ActorType.choices)
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    actor = models.CharField(max_length=200, help_text="username, token prefix (qx_...) or the system job's name")
+    # Null for events outside any tenant (a plan's limits, a twin link, an operator's sign-in).
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=60, db_index=True)
+    object_type = models.CharField(max_length=60, blank=True)
+    object_id = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="audit_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type}:{self.object_id}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None:
+            raise ValidationError("the audit log is append-only")
+        super().save(*args, **kwargs)

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from portal.errors import BadRequest, Forbidden
 
+from . import audit
 from .models import MANAGING_ROLES, ApiToken, Membership, Role, Scope, Tenant
 
 TOKEN_RE = re.compile(r"^qx_(?P<key>[0-9a-f]{12})\.(?P<secret>[A-Za-z0-9_-]{43})$")
@@ -84,6 +85,8 @@ def narrow_tokens(tenant: Tenant, user, role: str | None) -> tuple[int, int]:
         if not kept:
             live.filter(pk=token.pk).update(revoked_at=now)
             revoked += 1
+            audit.record("token.revoked", tenant=tenant, obj=token, object_id=token.prefix,
+                         details={"name": token.name, "reason": "role no longer allows any of its scopes"})
         elif kept != sorted(token.scopes):
             live.filter(pk=token.pk).update(scopes=kept)
             narrowed += 1
@@ -125,6 +128,10 @@ def issue_token(
         key=key, secret_hash=hash_secret(secret, pepper_id), pepper_id=pepper_id, tenant=tenant, user=user,
         name=name, scopes=sorted(set(scopes)), expires_at=expires_at,
     )
+    audit.record("token.created", tenant=tenant, obj=token, object_id=token.prefix,
+                 details={"name": name, "scopes": token.scopes, "user": user.get_username(),
+                          "expires_at": expires_at.isoformat() if expires_at else None,
+                          "granted_by": granted_by.prefix if granted_by else None})
     return token, f"qx_{key}.{secret}"
 
 
@@ -159,10 +166,13 @@ def can_manage_token(user, token: ApiToken, role: str | None) -> bool:
     return token.user_id == user.pk or role in MANAGING_ROLES or user.is_staff
 
 
-def revoke_token(token: ApiToken) -> None:
+def revoke_token(token: ApiToken, reason: str = "") -> None:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
-        ApiToken.objects.for_tenant(token.tenant_id).filter(pk=token.pk).update(revoked_at=token.revoked_at)
+        if ApiToken.objects.for_tenant(token.tenant_id).filter(pk=token.pk, revoked_at__isnull=True).update(
+                revoked_at=token.revoked_at):
+            audit.record("token.revoked", tenant=token.tenant_id, obj=token, object_id=token.prefix,
+                         details={"name": token.name, "reason": reason})
 
 
 
@@ -170,4 +180,11 @@ def revoke_token(token: ApiToken) -> None:
 def expire_tokens(now: datetime | None = None) -> int:
     """Mark expired tokens revoked so listings and audits show them as dead; returns how many."""
     now = now or timezone.now()
-    return ApiToken.objects.unscoped().filter(expires_at__lte=now, revoked_at__isnull=True).update(revoked_at=now)
+    due = ApiToken.objects.unscoped().filter(expires_at__lte=now, revoked_at__isnull=True)
+    expired = 0
+    for token in due.only("pk", "key", "name", "tenant_id"):
+        if ApiToken.objects.unscoped().filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
+            expired += 1
+            audit.record("token.revoked", tenant=token.tenant_id, obj=token, object_id=token.prefix,
+                         details={"name": token.name, "reason": "expired"})
+    return expired

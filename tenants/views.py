@@ -1,5 +1,5 @@
 """The tenant's web pages: dashboard (quotas, usage charts, live services), API tokens, usage ledger with
-filters and charts, invitations, and the operators' tenant list."""
+filters and charts, invitations (operator pages: ``operator_views``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -15,7 +14,6 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from portal.errors import ApiError
-from portal.health import readiness
 
 from . import charts, quota, services, tokens, usage
 from .meters import METERS
@@ -138,17 +136,6 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         "tenant_context": ctx, "records": records[:200], "count": records.count(), "meters": METERS.values(),
         "meter": meter, "since": request.GET.get("since", ""), "until": request.GET.get("until", ""),
         "chart": chart, "export_query": export_query})
-
-
-@staff_member_required(login_url="account_login")
-def operator_tenants(request: HttpRequest) -> HttpResponse:
-    rows = []
-    for tenant in Tenant.objects.select_related("plan").order_by("name"):
-        states = {s.quota_key: s for s in quota.quota_states(tenant)}
-        rows.append({"tenant": tenant, "key_bits": states.get("qkd_key_bits.month"),
-                     "entropy": states.get("entropy_bytes.month")})
-    _ok, health = readiness()  # which dependency is down, for operators
-    return render(request, "tenants/operator_tenants.html", {"rows": rows, "health": health})
 
 
 @login_required

@@ -13,3 +13,6 @@ class TlsConfig(AppConfig):
 
         # The supervisor runs inside the one service-order beat job (every 2 s, in a worker).
         orders.register(TlsSession, expire=services.expire, maintain=services.supervise)
+        from services import network
+
+        network.register_gateway_reporter("tls", services.gateway_report)

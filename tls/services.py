@@ -417,3 +417,18 @@ def _supervise_one(sup: Supervisor, session: TlsSession, now, out: dict[str, int
     if why and rotate(session, why):
         out["rotated"] += 1
     _retire_due(sup if managed else None, session, timezone.now())
+
+
+def gateway_report() -> dict[str, str]:
+    """{node_id: status in words} of the managed TLS endpoints (stunnel) at each node, for the operators'
+    network page: how many live sessions terminate there and how many of their endpoint processes run."""
+    sup = supervisor()
+    out: dict[str, list[int]] = {}
+    live = TlsSession.objects.unscoped().filter(state__in=TlsSession.live_states).select_related("node_a", "node_b")
+    for session in live:
+        alive = sup.alive(str(session.uuid)) if (sup.root / str(session.uuid)).is_dir() else {}
+        for role, node_id in (("client", session.node_a.node_id), ("server", session.node_b.node_id)):
+            counts = out.setdefault(node_id, [0, 0])
+            counts[0] += 1
+            counts[1] += bool(alive.get(role))
+    return {node: f"{up} of {total} stunnel endpoints running" for node, (total, up) in out.items()}

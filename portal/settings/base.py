@@ -132,6 +132,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "tenants.audit.AuditContextMiddleware",  # who acts, for the audit log the services write
     "portal.middleware.RequireStaffMFAMiddleware",
     "portal.middleware.RateLimitHeadersMiddleware",
 ]

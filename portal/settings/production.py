@@ -14,6 +14,8 @@ KEY_ID_SECRETS = _key_id_secrets(env.str("KEY_ID_SECRETS"))
 if KEY_ID_SECRETS[max(KEY_ID_SECRETS)] == SECRET_KEY:
     raise ImproperlyConfigured("KEY_ID_SECRETS: the newest version seals new key IDs and must not reuse SECRET_KEY")
 DEBUG = False
+QXAAS_REQUIRE_STAFF_MFA = True  # not switchable by the environment here: staff always sign in with TOTP
+QXAAS_PRODUCTION = True  # demo-only shortcuts (tenants.demo: the demo operator's pre-enrolled TOTP) are refused
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Scrapers and health checks talk plain HTTP to the listener on the host itself (nginx keeps these paths in).

@@ -2,7 +2,7 @@ from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
 from . import etsi004, etsi014, views
-from .network_views import NetworkView
+from .network_views import NetworkView, OperatorNetworkView, TwinLinkAdminView
 
 router = SimpleRouter(trailing_slash="/?")
 router.register("saes", views.SaeViewSet, basename="sae")
@@ -18,6 +18,8 @@ urlpatterns = [
     re_path(r"^v1/keys/" + SAE_ID.format("master_sae_id") + r"/dec_keys/?$", etsi014.DecKeysView.as_view(),
             name="etsi014-dec-keys"),
     path("qkd/network/", NetworkView.as_view(), name="qkd-network"),
+    path("operator/network/", OperatorNetworkView.as_view(), name="operator-network-api"),
+    path("operator/network/links/<str:link_id>/<str:action>", TwinLinkAdminView.as_view(), name="twin-link-admin"),
     path("qkd/nodes/", views.NodeListView.as_view(), name="qkd-nodes"),
     path("qkd/keys", views.SimpleKeyView.as_view(), name="qkd-keys"),
     path("qkd/keys/<str:key_id>", views.SimplePeerKeyView.as_view(), name="qkd-peer-key"),

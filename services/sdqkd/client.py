@@ -127,6 +127,21 @@ class KmeClient:
     def topology(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/topology")
 
+    # --- the twin's admin interface (fault injection; the portal's own certificate, never as an SAE) ---------
+    def admin_link(self, link_id: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST ``/api/v1/admin/links/{link}/{action}`` (cut, restore, attack, clear-attack...); the link's
+        telemetry after the change. Sent without X-SAE-ID: the twin takes the caller for the portal only then."""
+        url = f"{self.endpoint.base_url.rstrip('/')}/api/v1/admin/links/{link_id}/{action}"
+        try:
+            response = self.session.post(url, json=body or {}, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+        except requests.RequestException as exc:
+            raise KmeUnavailable(f"the twin is unreachable ({type(exc).__name__})") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        return _answer(response.status_code, answer, response.reason)
+
 
 def _answer(status: int, body: Any, reason: str | None) -> Any:
     """The body of a successful answer; otherwise the failure as one of the two exceptions."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from tenants.meters import QUOTA_KEYS, UNLIMITED
-from tenants.models import ApiToken, Invitation, Membership, Plan, Scope, Tenant, UsageRecord
+from tenants.models import ApiToken, AuditEvent, Invitation, Membership, Plan, Scope, Tenant, UsageRecord
 
 
 def _validate_limits(value: dict) -> dict:
@@ -161,3 +161,13 @@ class UsageRecordSerializer(serializers.ModelSerializer):
         model = UsageRecord
         fields = ["id", "meter", "kind", "quantity", "unit", "reference", "idempotency_key", "order_id", "created_at"]
 
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "created_at", "actor_type", "actor", "tenant", "action", "object_type", "object_id",
+                  "details", "request_id", "ip"]
+        read_only_fields = fields

@@ -10,6 +10,8 @@ router.register("members", views.MembershipViewSet, basename="member")
 router.register("invitations", views.InvitationViewSet, basename="invitation")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
 router.register("usage", views.UsageRecordViewSet, basename="usage")
+router.register("audit", views.AuditEventViewSet, basename="audit")
+router.register("operator/audit", views.OperatorAuditViewSet, basename="operator-audit")
 
 urlpatterns = [
     path("me/", views.MeView.as_view(), name="me"),

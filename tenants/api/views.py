@@ -14,14 +14,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.errors import BadRequest, Forbidden
-from tenants import quota, services, tokens
+from tenants import audit, quota, services, tokens
 from tenants.api.base import IsOperator, OperatorViewSet, TenantAPIView, TenantScopedViewSet
 from tenants.meters import METERS
-from tenants.models import MANAGING_ROLES, ApiToken, Invitation, Membership, Plan, Tenant, UsageRecord
+from tenants.models import MANAGING_ROLES, ApiToken, AuditEvent, Invitation, Membership, Plan, Tenant, UsageRecord
 
 from .serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenSerializer,
+    AuditEventSerializer,
     InvitationSerializer,
     MembershipSerializer,
     MeSerializer,
@@ -137,7 +138,8 @@ class TenantViewSet(viewsets.ModelViewSet):
 
     def perform_update(self, serializer):
         overrides = serializer.validated_data.pop("quota_overrides", None)
-        serializer.save()
+        d = serializer.validated_data
+        services.update_tenant(serializer.instance, name=d.get("name"), plan=d.get("plan"), slug=d.get("slug"))
         if overrides is not None:
             services.set_quota_overrides(serializer.instance, overrides)
 
@@ -148,6 +150,7 @@ class TenantViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance):
         if UsageRecord.objects.for_tenant(instance).exists():
             raise BadRequest("this tenant has usage records (billing history); suspend it instead")
+        audit.record("tenant.deleted", object_type="tenant", object_id=instance.slug)
         instance.delete()
 
     @extend_schema(summary="Suspend a tenant: its tokens and services stop working", request=None)
@@ -190,9 +193,9 @@ class PlanViewSet(OperatorViewSet):
     lookup_field = "slug"
 
     def perform_create(self, serializer):
-        limits = serializer.validated_data.pop("limits", {})
-        plan = serializer.save()
-        services.set_plan_limits(plan, limits)
+        d = serializer.validated_data
+        serializer.instance = services.create_plan(d["name"], d["slug"], d.pop("limits", {}),
+                                                   d.get("description", ""))
 
     def perform_update(self, serializer):
         limits = serializer.validated_data.pop("limits", None)
@@ -203,6 +206,7 @@ class PlanViewSet(OperatorViewSet):
     def perform_destroy(self, instance):
         if instance.tenants.exists():
             raise BadRequest("tenants are on this plan; move them first")
+        audit.record("plan.deleted", object_type="plan", object_id=instance.slug)
         instance.delete()
 
 
@@ -341,13 +345,13 @@ class ApiTokenViewSet(
         return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
     def perform_destroy(self, instance):
-        tokens.revoke_token(instance)
+        tokens.revoke_token(instance, reason="revoked through the API")
 
     @extend_schema(summary="Revoke an API token", request=None, responses=ApiTokenSerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         token = self.get_object()
-        tokens.revoke_token(token)
+        tokens.revoke_token(token, reason="revoked through the API")
         return Response(ApiTokenSerializer(token).data)
 
 
@@ -433,3 +437,69 @@ class UsageRecordViewSet(mixins.ListModelMixin, TenantScopedViewSet):
         response["Content-Disposition"] = f'attachment; filename="usage-{self.tenant.slug}.csv"'
         return response
 
+
+
+AUDIT_FILTERS = [
+    OpenApiParameter("actor", OpenApiTypes.STR, description="actor contains this (username or token prefix)"),
+    OpenApiParameter("action", OpenApiTypes.STR,
+                     description="this action (e.g. tenant.suspended), or every action starting with it when it "
+                                 "ends with a dot (e.g. token.)"),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, description="events at or after this time (ISO 8601)"),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, description="events before this time (ISO 8601)"),
+]
+OPERATOR_AUDIT_FILTERS = [OpenApiParameter("tenant", OpenApiTypes.STR, description="only this tenant (slug)"),
+                          *AUDIT_FILTERS]
+
+
+def _audit_csv(events, filename: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(audit.csv_lines(events.iterator(chunk_size=2000)), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class AuditEventViewSet(mixins.ListModelMixin, TenantScopedViewSet):
+    """The current tenant's audit log: who did what in it, and when (owners and admins)."""
+
+    model = AuditEvent
+    serializer_class = AuditEventSerializer
+    read_scope = "tenant:admin"
+
+    def initial(self, request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        if self.tenant_context.role not in MANAGING_ROLES and not request.user.is_staff:
+            raise Forbidden("the audit log is for the tenant's owners and admins")
+
+    def scope_queryset(self, queryset):
+        return audit.filtered(self.request.query_params, tenant=self.tenant)
+
+    @extend_schema(summary="Audit log of the current tenant (newest first)", parameters=AUDIT_FILTERS)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Audit log of the current tenant as CSV (same filters, oldest first)",
+                   parameters=AUDIT_FILTERS, responses={(200, "text/csv"): OpenApiTypes.STR})
+    @action(detail=False, methods=["get"])
+    def export(self, request):
+        return _audit_csv(self.get_queryset().order_by("created_at", "id"), f"audit-{self.tenant.slug}.csv")
+
+
+class OperatorAuditViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Every tenant's audit log and the events outside any tenant (plans, the network, sign-ins): operators."""
+
+    serializer_class = AuditEventSerializer
+    permission_classes = [permissions.IsAuthenticated, IsOperator]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return AuditEvent.objects.unscoped().none()
+        return audit.filtered(self.request.query_params)
+
+    @extend_schema(summary="Audit log of every tenant (operators; newest first)", parameters=OPERATOR_AUDIT_FILTERS)
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(summary="Audit log as CSV (operators; same filters, oldest first)",
+                   parameters=OPERATOR_AUDIT_FILTERS, responses={(200, "text/csv"): OpenApiTypes.STR})
+    @action(detail=False, methods=["get"])
+    def export(self, request):
+        return _audit_csv(self.get_queryset().order_by("created_at", "id"), "audit.csv")

@@ -22,8 +22,13 @@ class Command(BaseCommand):
             with os.fdopen(fd, "w") as f:
                 f.write(f"operator {creds.operator_password}\nresearcher {creds.researcher_password}\n")
         shown = passwords.read_text() if passwords.exists() else "(see ./var/demo-passwords)\n"
+        if creds.operator_totp:
+            second = ("The operator's second factor (TOTP) is pre-enrolled for the demo; the current code:\n"
+                      "  QXAAS_DEMO=1 .venv/bin/python manage.py demo_totp   (demo only: refused without QXAAS_DEMO)\n")
+        else:
+            second = "The operator enrols TOTP (an authenticator app) at the first sign-in.\n"
         self.stdout.write(
             f"Demo tenant: {creds.tenant}\n"
-            f"Sign-in (username password):\n{shown}"
+            f"Sign-in at /accounts/login/ (username password):\n{shown}{second}"
             f"API token for tenant {creds.tenant} (also in {token_file}):\n  {creds.token}\n"
         )
