@@ -18,7 +18,7 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.test import APIClient
 
 from portal.errors import BadRequest, Forbidden
-from services.authentication import SaePrincipal, etsi_caller, gateway_secret
+from services.authentication import SaePrincipal, etsi_caller, make_voucher
 from services.models import Sae
 from tenants.tokens import issue_token
 
@@ -65,7 +65,8 @@ def test_the_verified_client_certificate_is_the_sae_without_any_header(lab):
 def test_without_a_verified_certificate_only_the_vouched_header_counts(lab, sock):
     assert status(sock).status_code == 401
     serial = Sae.objects.for_tenant(lab.tenant).get(name="authn-cait").cert_serial
-    vouched = status(sock, HTTP_X_GATEWAY_CLIENT_SERIAL=serial, HTTP_X_GATEWAY_SECRET=gateway_secret())
+    vouched = status(sock, HTTP_X_GATEWAY_CLIENT_SERIAL=serial,
+                     HTTP_X_GATEWAY_VOUCHER=make_voucher(serial, "GET", "/api/v1/keys/authn-rect/status"))
     assert vouched.status_code == 200 and vouched.json()["master_SAE_ID"] == "authn-cait"
 
 
