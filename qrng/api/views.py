@@ -136,7 +136,9 @@ class EntropyView(EntropyViewMixin, TenantAPIView):
                            "simulated": True, "request_id": "5b0c...", "notice": SIMULATED_NOTICE}})],
     )
     def get(self, request):
-        query = EntropyQuerySerializer(data=request.query_params)
+        # A plain dict, not the QueryDict: DRF reads a form-style "format=" as absent (the default); here a
+        # parameter given empty is refused, as the schema's enums and integers say.
+        query = EntropyQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         fmt = query.validated_data["format"]
         n = query.validated_data["bytes"]
@@ -186,7 +188,7 @@ class AnuView(EntropyViewMixin, TenantAPIView):
                            "simulated": True, "request_id": "5b0c...", "notice": SIMULATED_NOTICE}})],
     )
     def get(self, request, **kwargs):
-        query = AnuQuerySerializer(data=request.query_params)
+        query = AnuQuerySerializer(data=request.query_params.dict())  # "type=" refused, not read as absent
         query.is_valid(raise_exception=True)
         d = query.validated_data
         draw = delivery.anu(self.tenant, d["length"], d["type"], d["size"], self.request_id)
